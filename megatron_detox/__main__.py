@@ -1,0 +1,4 @@
+from megatron_detox.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

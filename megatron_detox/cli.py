@@ -1,0 +1,51 @@
+"""``megatron-detox <command>``: thin argument parsing; the work lives in the packages.
+
+Each command module exposes ``register(subparsers)``, which adds its parser and sets
+``func`` (called with the parsed namespace, returning an exit code). A ``UserError``
+is printed as one line and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from megatron_detox import __version__
+from megatron_detox.errors import UserError
+
+# Modules providing ``register(subparsers)``, in the order shown by ``--help``.
+COMMAND_MODULES: tuple[str, ...] = (
+    "megatron_detox.commands.setup",
+    "megatron_detox.commands.models",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="megatron-detox",
+        description="SGEAT detoxification on Megatron-style parallelism.",
+    )
+    parser.add_argument("--version", action="version", version=f"megatron-detox {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as error:
+        print(f"megatron-detox {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"megatron-detox {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

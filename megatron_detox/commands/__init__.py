@@ -1,0 +1,1 @@
+"""Command-line subcommands: each module parses arguments and calls a package."""

@@ -1,0 +1,420 @@
+"""The run configuration: one typed dataclass tree.
+
+Values come from the dataclass defaults, then a YAML file, then dotted ``key=value``
+overrides from the command line (Hydra/NeMo style)::
+
+    megatron-detox train configs/train/tiny.yaml optim.lr=2e-5 parallel.tp=2
+
+Unknown keys, wrong types and impossible values raise :class:`ConfigError` (a
+``UserError``: one line, exit code 2) naming the key, the value and the reason,
+before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from megatron_detox.errors import UserError
+from megatron_detox.models.config import ModelConfig
+from megatron_detox.models.presets import DEFAULT_MODEL, PRESETS
+
+
+class ConfigError(UserError):
+    """A bad key, type or value in a config file or override."""
+
+
+@dataclass
+class ModelSection(ModelConfig):
+    """The architecture (all ModelConfig fields) plus where it comes from.
+
+    ``preset`` fills every architecture field first; fields given next to it override.
+    """
+
+    preset: str | None = None
+    """A name from ``megatron-detox models``; its fields are the starting point."""
+    pretrained: str | None = None
+    """Weights to start from: a preset with weights (smollm2-135m), a .gguf file, an HF folder
+    or a checkpoint directory. None means random initialization from ``train.seed``."""
+
+    def to_model_config(self) -> ModelConfig:
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(ModelConfig)}
+        return ModelConfig(**values)
+
+
+@dataclass
+class ParallelConfig:
+    """Megatron-style layout. world size = dp_replicate * dp_shard * pp * tp."""
+
+    tp: int = 1
+    """Tensor-parallel degree (heads, query groups and FFN split across ranks)."""
+    sequence_parallel: bool = False
+    """Shard norms/dropout activations along the sequence across the TP group."""
+    pp: int = 1
+    """Pipeline-parallel stages."""
+    virtual_stages: int = 1
+    """Model chunks per pipeline rank (interleaved 1F1B when > 1)."""
+    pp_schedule: Literal["gpipe", "1f1b", "interleaved_1f1b"] = "1f1b"
+    pp_layers_per_stage: list[int] | None = None
+    """Explicit layer counts per (virtual) stage; None splits evenly."""
+    num_microbatches: int | None = None
+    """Pipeline micro-batches per step; None uses gradient accumulation steps."""
+    dp_replicate: int = 1
+    """Replicated data-parallel degree (DDP-like)."""
+    dp_shard: int = -1
+    """FSDP2 sharding degree; -1 takes whatever of the world size is left."""
+    cpu_offload: bool = False
+    activation_checkpointing: Literal["none", "full", "selective"] = "none"
+    compile: bool = False
+    """torch.compile each transformer block."""
+
+
+@dataclass
+class DataConfig:
+    paths: list[str] = field(default_factory=list)
+    """Megatron data paths: prefixes of .bin/.idx, optionally weighted: [0.3, A, 0.7, B]."""
+    text_files: list[str] = field(default_factory=list)
+    """Plain text / JSONL files tokenized on the fly into a cached indexed dataset."""
+    json_key: str = "text"
+    split: str = "969,30,1"
+    """train,valid,test proportions as in Megatron."""
+    seq_length: int = 2048
+    tokenizer: str | None = None
+    """Tokenizer spec; None uses the model's own."""
+    cache_dir: str | None = None
+    num_workers: int = 0
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    min_lr: float = 0.0
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    clip_grad: float = 1.0
+    """Global gradient-norm clip; 0 disables."""
+    schedule: Literal["constant", "cosine", "linear", "wsd"] = "cosine"
+    warmup_steps: int = 0
+    decay_fraction: float = 0.1
+    """WSD: fraction of steps spent in the final decay."""
+
+
+@dataclass
+class TrainConfig:
+    run_dir: str = "runs/default"
+    method: Literal["full", "adapter", "prefix"] = "full"
+    seed: int = 1234
+    steps: int = 100
+    global_batch_size: int = 8
+    micro_batch_size: int = 8
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    log_interval: int = 1
+    eval_interval: int = 0
+    """Evaluate every N steps; 0 never."""
+    eval_steps: int = 10
+    save_interval: int = 0
+    """Checkpoint every N steps; 0 only at the end and on SIGTERM."""
+    keep_last: int = 2
+    freeze: list[str] = field(default_factory=list)
+    """Parameter-name globs to freeze."""
+
+
+@dataclass
+class GenerateConfig:
+    max_new_tokens: int = 1000
+    temperature: float = 1.0
+    top_p: float = 0.9
+    top_k: int = 0
+    greedy: bool = False
+    seed: int = 1234
+    batch_size: int = 32
+    num_samples: int = 0
+    """Unconditional samples to write (SGEAT self-generation)."""
+    prompts: str | None = None
+    prompt_key: str = "prompt.text"
+    repeat: int = 1
+
+
+@dataclass
+class ScoreConfig:
+    scorer: str = "auto"
+    """perspective | profanity | hf-classifier | auto (perspective when a key is set)."""
+    attributes: list[str] = field(default_factory=lambda: [
+        "toxicity", "severe_toxicity", "sexually_explicit", "threat", "profanity", "identity_attack"])
+    perspective_url: str | None = None
+    qps: float = 1.0
+    workers: int = 4
+    hf_classifier_path: str | None = None
+
+
+@dataclass
+class EvalConfig:
+    prompts: str | None = None
+    samples: int = 25
+    max_new_tokens: int = 20
+    top_p: float = 0.9
+    temperature: float = 1.0
+    bootstrap_samples: int = 1000
+    perplexity_files: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SgeatConfig:
+    work_dir: str = "runs/sgeat"
+    num_samples: int = 100000
+    max_new_tokens: int = 1000
+    keep_fraction: float = 0.5
+
+
+@dataclass
+class AdapterConfig:
+    bottleneck: int = 256
+    placement: Literal["attention", "mlp", "both"] = "both"
+    layers: list[int] | None = None
+    """Layer indices to adapt; None means all."""
+    dropout: float = 0.0
+    init_std: float = 0.0
+    """Std of the up-projection init; 0 starts exactly at the base model."""
+
+
+@dataclass
+class PrefixConfig:
+    length: int = 100
+    reparameterize: bool = True
+    hidden_size: int = 512
+    """Width of the reparameterization MLP."""
+
+
+@dataclass
+class PeftConfig:
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    prefix: PrefixConfig = field(default_factory=PrefixConfig)
+
+
+@dataclass
+class RunConfig:
+    model: ModelSection = field(default_factory=lambda: ModelSection(preset=DEFAULT_MODEL))
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    sgeat: SgeatConfig = field(default_factory=SgeatConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> RunConfig:
+    """Defaults < YAML file < ``key=value`` overrides, then validation."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = _read_yaml(Path(path))
+    for override in overrides:
+        key, value = _parse_override(override)
+        _set_dotted(raw, key, value)
+    model_raw = raw.get("model", {})
+    if not isinstance(model_raw, dict):
+        raise ConfigError(f"model: expected a mapping, got {type(model_raw).__name__}")
+    raw["model"] = _expand_preset(model_raw)
+    cfg = _build(RunConfig, raw, "")
+    validate(cfg)
+    return cfg
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}{line}: {problem}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {text!r}: expected key=value, e.g. optim.lr=2e-5")
+    try:
+        parsed = yaml.safe_load(value) if value else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{key}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _expand_preset(model_raw: dict[str, Any]) -> dict[str, Any]:
+    # An explicit ``preset: null`` means every architecture field comes from the YAML.
+    name = model_raw.get("preset", DEFAULT_MODEL)
+    if name is None:
+        return model_raw
+    if name not in PRESETS:
+        hint = _did_you_mean(str(name), list(PRESETS))
+        raise ConfigError(f"model.preset={name!r}: unknown preset{hint}; valid: {', '.join(PRESETS)}")
+    merged: dict[str, Any] = dataclasses.asdict(PRESETS[name])
+    merged.update(model_raw)
+    merged["preset"] = name
+    return merged
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in names:
+            hint = _did_you_mean(str(key), names)
+            raise ConfigError(f"{prefix}{key}: unknown key{hint}")
+        kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key + ".")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if errors else f"{key}={value!r}: invalid")
+    if origin is Literal:
+        if value not in args:
+            hint_text = _did_you_mean(str(value), [str(a) for a in args])
+            raise ConfigError(f"{key}={value!r}: must be one of {', '.join(map(str, args))}{hint_text}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}={value!r}: expected a list, e.g. {key}=[a,b]")
+        return [_coerce(item, args[0], f"{key}[{i}]") for i, item in enumerate(value)]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r}: expected true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}={value!r}: expected an integer")
+        return value
+    if hint is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r}: expected a number")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML 1.1 reads "2e-5" as a string
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}={value!r}: expected a number")
+    if hint is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise ConfigError(f"{key}={value!r}: expected a string")
+        return str(value)
+    raise TypeError(f"config field {key} has unsupported type {hint}")  # internal bug
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate(cfg: RunConfig) -> None:
+    """Raise ConfigError for the first impossible value or combination."""
+    for field_name, value, reason in cfg.model.validate():
+        raise ConfigError(f"model.{field_name}={value!r}: {reason}")
+    p = cfg.parallel
+    for name in ("tp", "pp", "virtual_stages", "dp_replicate"):
+        if getattr(p, name) < 1:
+            raise ConfigError(f"parallel.{name}={getattr(p, name)}: must be >= 1")
+    if p.dp_shard == 0 or p.dp_shard < -1:
+        raise ConfigError(f"parallel.dp_shard={p.dp_shard}: must be >= 1, or -1 for the rest of the world")
+    m = cfg.model
+    if m.num_attention_heads % p.tp:
+        raise ConfigError(f"parallel.tp={p.tp}: does not divide model.num_attention_heads={m.num_attention_heads}")
+    if m.kv_heads % p.tp:
+        raise ConfigError(f"parallel.tp={p.tp}: does not divide the query groups (model.num_query_groups={m.kv_heads})")
+    if m.ffn_size % p.tp:
+        raise ConfigError(f"parallel.tp={p.tp}: does not divide model.ffn_hidden_size={m.ffn_size}")
+    if m.padded_vocab_size % p.tp:
+        raise ConfigError(f"parallel.tp={p.tp}: does not divide the padded vocabulary ({m.padded_vocab_size})")
+    stages = p.pp * p.virtual_stages
+    if p.virtual_stages > 1 and p.pp_schedule != "interleaved_1f1b":
+        raise ConfigError(f"parallel.virtual_stages={p.virtual_stages}: needs parallel.pp_schedule=interleaved_1f1b")
+    if p.pp_layers_per_stage is not None:
+        if len(p.pp_layers_per_stage) != stages:
+            raise ConfigError(f"parallel.pp_layers_per_stage={p.pp_layers_per_stage}: needs {stages} entries "
+                              f"(pp * virtual_stages)")
+        if sum(p.pp_layers_per_stage) != m.num_layers or min(p.pp_layers_per_stage) < 1:
+            raise ConfigError(f"parallel.pp_layers_per_stage={p.pp_layers_per_stage}: must be positive and sum "
+                              f"to model.num_layers={m.num_layers}")
+    elif m.num_layers < stages:
+        raise ConfigError(f"parallel.pp={p.pp}: model.num_layers={m.num_layers} is fewer than the "
+                          f"{stages} pipeline stages")
+    t = cfg.train
+    if t.global_batch_size < 1 or t.micro_batch_size < 1:
+        raise ConfigError("train.global_batch_size and train.micro_batch_size must be >= 1")
+    if t.global_batch_size % t.micro_batch_size:
+        raise ConfigError(f"train.global_batch_size={t.global_batch_size}: must be a multiple of "
+                          f"train.micro_batch_size={t.micro_batch_size}")
+    if cfg.data.seq_length > m.max_position_embeddings or cfg.data.seq_length < 1:
+        raise ConfigError(f"data.seq_length={cfg.data.seq_length}: must be in [1, "
+                          f"model.max_position_embeddings={m.max_position_embeddings}]")
+    if not 0.0 < cfg.sgeat.keep_fraction <= 1.0:
+        raise ConfigError(f"sgeat.keep_fraction={cfg.sgeat.keep_fraction}: must be in (0, 1]")
+    g = cfg.generate
+    if not 0.0 < g.top_p <= 1.0:
+        raise ConfigError(f"generate.top_p={g.top_p}: must be in (0, 1]")
+    if g.temperature <= 0.0:
+        raise ConfigError(f"generate.temperature={g.temperature}: must be > 0 (use generate.greedy=true)")
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    """The resolved config as YAML (saved with every run)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

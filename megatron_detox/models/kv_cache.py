@@ -1,0 +1,52 @@
+"""Preallocated key/value cache for incremental decoding."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+
+
+class KVCache:
+    """Per-layer key/value buffers written in place at given slots.
+
+    ``keys[layer_id]`` and ``values[layer_id]`` are ``[batch, max_len, kv_heads, head_dim]``.
+    ``kv_heads`` is the number of key/value heads *held by this process* (divided by the
+    tensor-parallel degree on a sharded model); layers absent from ``layer_ids`` (other
+    pipeline stages) get no buffer. With prefix tuning the first slots hold the prefix.
+    """
+
+    def __init__(
+        self,
+        layer_ids: Iterable[int],
+        batch_size: int,
+        max_len: int,
+        kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        shape = (batch_size, max_len, kv_heads, head_dim)
+        self.keys = {i: torch.zeros(shape, dtype=dtype, device=device) for i in layer_ids}
+        self.values = {i: torch.zeros(shape, dtype=dtype, device=device) for i in layer_ids}
+        self.batch_size = batch_size
+        self.max_len = max_len
+
+    @staticmethod
+    def num_bytes(num_layers: int, batch_size: int, max_len: int, kv_heads: int,
+                  head_dim: int, dtype: torch.dtype = torch.float32) -> int:
+        """Memory the cache for these sizes needs, before allocating it."""
+        element = torch.empty((), dtype=dtype).element_size()
+        return 2 * num_layers * batch_size * max_len * kv_heads * head_dim * element
+
+    def update(self, layer_id: int, cache_pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write ``k, v`` ([batch, seq, kv_heads, head_dim]) at slots ``cache_pos`` ([seq]).
+
+        Returns the whole buffers ([batch, max_len, kv_heads, head_dim]); the caller's
+        attention mask hides slots that are not yet written.
+        """
+        keys, values = self.keys[layer_id], self.values[layer_id]
+        keys.index_copy_(1, cache_pos, k.to(keys.dtype))
+        values.index_copy_(1, cache_pos, v.to(values.dtype))
+        return keys, values

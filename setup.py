@@ -1,0 +1,51 @@
+"""megatron-detox: SGEAT detoxification on Megatron-style parallelism."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="megatron-detox",
+    version="0.1.0",
+    description=(
+        "Distributed GPT training (TP/SP/PP/DP) for SGEAT self-generation "
+        "detoxification (Wang et al., NeurIPS 2022)"
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["megatron_detox", "megatron_detox.*"]),
+    include_package_data=True,
+    package_data={"megatron_detox": ["py.typed"]},
+    install_requires=[
+        # <2.14: 2.13 is the newest CPU build on the package index for py3.11 here.
+        "torch>=2.6,<2.14",
+        "numpy>=1.26,<3",
+        "megatron-core>=0.16,<0.17",
+        "sentencepiece>=0.2,<0.3",
+        "tokenizers>=0.20,<0.23",
+        "requests>=2.31,<3",
+        "pyyaml>=6,<7",
+        "tqdm>=4.66,<5",
+        "gguf>=0.10,<0.20",
+        "safetensors>=0.4,<0.8",
+    ],
+    extras_require={
+        "scoring": ["alt-profanity-check>=1.5,<2"],
+        "eval": ["lm-eval==0.4.13", "matplotlib>=3.8,<4"],
+        "hf": ["transformers>=4.45,<6"],
+        "test": [
+            "pytest>=8",
+            "transformers>=4.45,<6",
+            "alt-profanity-check>=1.5,<2",
+            "lm-eval==0.4.13",
+            "matplotlib>=3.8,<4",
+            "ruff>=0.6",
+        ],
+    },
+    entry_points={"console_scripts": ["megatron-detox=megatron_detox.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "License :: OSI Approved :: Apache Software License",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
