@@ -36,6 +36,7 @@ setup(
         "test": [
             "pytest>=8",
             "transformers>=4.45,<6",
+            "accelerate>=0.26",  # transformers needs it to load GGUF files (parity tests)
             "alt-profanity-check>=1.5,<2",
             "lm-eval==0.4.13",
             "matplotlib>=3.8,<4",

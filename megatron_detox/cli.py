@@ -19,6 +19,7 @@ from megatron_detox.errors import UserError
 COMMAND_MODULES: tuple[str, ...] = (
     "megatron_detox.commands.setup",
     "megatron_detox.commands.models",
+    "megatron_detox.commands.score",
 )
 
 
