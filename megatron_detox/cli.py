@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "megatron_detox.commands.setup",
     "megatron_detox.commands.models",
     "megatron_detox.commands.score",
+    "megatron_detox.commands.peft",
 )
 
 

@@ -78,18 +78,24 @@ class ParallelConfig:
 
 @dataclass
 class DataConfig:
+    """Training data. Relative paths are relative to the current directory (run from the repo root)."""
+
     paths: list[str] = field(default_factory=list)
     """Megatron data paths: prefixes of .bin/.idx, optionally weighted: [0.3, A, 0.7, B]."""
     text_files: list[str] = field(default_factory=list)
-    """Plain text / JSONL files tokenized on the fly into a cached indexed dataset."""
+    """Plain text (one document per non-blank line) / JSONL files, tokenized once into a cached
+    indexed dataset under ``cache_dir``."""
     json_key: str = "text"
+    """JSON key of the text in ``text_files`` (dotted for nested objects)."""
     split: str = "969,30,1"
     """train,valid,test proportions as in Megatron."""
     seq_length: int = 2048
     tokenizer: str | None = None
-    """Tokenizer spec; None uses the model's own."""
+    """Tokenizer spec (files, see ``megatron_detox.tokenizers.load_tokenizer``); None uses the model's own."""
     cache_dir: str | None = None
+    """Tokenized ``text_files`` and megatron-core index files; None means ``<train.run_dir>/data_cache``."""
     num_workers: int = 0
+    """Tokenizer processes for ``text_files`` (0 or 1: in-process)."""
 
 
 @dataclass
@@ -118,6 +124,7 @@ class TrainConfig:
     micro_batch_size: int = 8
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     log_interval: int = 1
+    """Refresh the progress bar's loss and tokens/s every N steps (metrics.jsonl gets every step)."""
     eval_interval: int = 0
     """Evaluate every N steps; 0 never."""
     eval_steps: int = 10
@@ -126,6 +133,11 @@ class TrainConfig:
     keep_last: int = 2
     freeze: list[str] = field(default_factory=list)
     """Parameter-name globs to freeze."""
+    initial_loss_scale: float = 65536.0
+    """fp16: starting dynamic loss scale (halved on overflow, doubled after loss_scale_window good steps)."""
+    loss_scale_window: int = 1000
+    peak_tflops: float = 0.0
+    """Peak TFLOP/s of one device, for the MFU metric; 0 leaves MFU out of metrics.jsonl."""
 
 
 @dataclass
@@ -177,19 +189,29 @@ class SgeatConfig:
 
 @dataclass
 class AdapterConfig:
+    """Houlsby bottleneck adapters (``train.method: adapter``)."""
+
     bottleneck: int = 256
+    """Inner width r of each adapter (down h -> r, up r -> h)."""
     placement: Literal["attention", "mlp", "both"] = "both"
+    """After the attention output projection, after the MLP, or both."""
     layers: list[int] | None = None
     """Layer indices to adapt; None means all."""
+    activation: Literal["gelu", "relu", "silu"] = "gelu"
     dropout: float = 0.0
+    """Dropout on the adapter branch before its residual add."""
     init_std: float = 0.0
     """Std of the up-projection init; 0 starts exactly at the base model."""
 
 
 @dataclass
 class PrefixConfig:
+    """Prefix KV-injection (``train.method: prefix``), Li & Liang 2021."""
+
     length: int = 100
+    """P: learned keys/values per layer and key/value head, prepended without position."""
     reparameterize: bool = True
+    """Train through a per-layer MLP (folded into static keys/values by ``peft merge``)."""
     hidden_size: int = 512
     """Width of the reparameterization MLP."""
 
@@ -399,6 +421,18 @@ def validate(cfg: RunConfig) -> None:
     if t.global_batch_size % t.micro_batch_size:
         raise ConfigError(f"train.global_batch_size={t.global_batch_size}: must be a multiple of "
                           f"train.micro_batch_size={t.micro_batch_size}")
+    o = cfg.optim
+    if o.lr <= 0 or o.min_lr < 0 or o.min_lr > o.lr:
+        raise ConfigError(f"optim.lr={o.lr}, optim.min_lr={o.min_lr}: need 0 <= min_lr <= lr and lr > 0")
+    if not (0.0 <= o.beta1 < 1.0 and 0.0 <= o.beta2 < 1.0) or o.eps <= 0 or o.weight_decay < 0 or o.clip_grad < 0:
+        raise ConfigError("optim: betas must be in [0, 1), eps > 0, weight_decay >= 0 and clip_grad >= 0")
+    if o.warmup_steps < 0 or not 0.0 < o.decay_fraction <= 1.0:
+        raise ConfigError(f"optim.warmup_steps={o.warmup_steps}, optim.decay_fraction={o.decay_fraction}: "
+                          "need warmup_steps >= 0 and decay_fraction in (0, 1]")
+    if t.steps < 0 or t.eval_steps < 1 or min(t.eval_interval, t.save_interval, t.keep_last) < 0:
+        raise ConfigError("train: steps, eval_interval, save_interval and keep_last must be >= 0, eval_steps >= 1")
+    if t.initial_loss_scale <= 0 or t.loss_scale_window < 1:
+        raise ConfigError("train.initial_loss_scale must be > 0 and train.loss_scale_window >= 1")
     if cfg.data.seq_length > m.max_position_embeddings or cfg.data.seq_length < 1:
         raise ConfigError(f"data.seq_length={cfg.data.seq_length}: must be in [1, "
                           f"model.max_position_embeddings={m.max_position_embeddings}]")

@@ -16,10 +16,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Counts come from the module built on the meta device (no memory used).",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON array instead of a table")
+    parser.add_argument("--peft", choices=("adapter", "prefix"),
+                        help="trainable vs total parameters with this PEFT method (default peft.* config)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.peft:
+        from megatron_detox.commands.peft import run_models_table
+
+        return run_models_table(args.peft, args.json)
     rows = preset_rows(list(PRESETS))
     if args.json:
         print(json.dumps(rows, indent=2))
