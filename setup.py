@@ -41,6 +41,7 @@ setup(
             "lm-eval==0.4.13",
             "matplotlib>=3.8,<4",
             "ruff>=0.6",
+            "mypy>=1.10",
         ],
     },
     entry_points={"console_scripts": ["megatron-detox=megatron_detox.cli:main"]},

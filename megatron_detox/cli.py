@@ -20,7 +20,12 @@ COMMAND_MODULES: tuple[str, ...] = (
     "megatron_detox.commands.setup",
     "megatron_detox.commands.models",
     "megatron_detox.commands.score",
+    "megatron_detox.commands.data",
+    "megatron_detox.commands.generate",
+    "megatron_detox.commands.train",
+    "megatron_detox.commands.export",
     "megatron_detox.commands.peft",
+    "megatron_detox.commands.evaluate",
 )
 
 
@@ -38,7 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # argparse stops filling a trailing ``key=value ...`` positional at the first flag
+        # (``train CFG --no-progress a=1 b=2``); such leftovers are still overrides.
+        if isinstance(getattr(args, "overrides", None), list) and all(
+            "=" in item and not item.startswith("-") for item in extra
+        ):
+            args.overrides.extend(extra)
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args) or 0)
     except UserError as error:

@@ -117,20 +117,27 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     run_dir: str = "runs/default"
+    """config.yaml, metrics.jsonl, checkpoints/ (resumed from checkpoints/latest when present)."""
     method: Literal["full", "adapter", "prefix"] = "full"
     seed: int = 1234
+    """Initial weights (layout-invariant), data order and dropout."""
     steps: int = 100
+    """Optimizer steps in total (a resumed run continues to this count)."""
     global_batch_size: int = 8
+    """Sequences per optimizer step, over all data-parallel ranks."""
     micro_batch_size: int = 8
+    """Sequences per forward/backward; the rest of the global batch is gradient accumulation."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     log_interval: int = 1
     """Refresh the progress bar's loss and tokens/s every N steps (metrics.jsonl gets every step)."""
     eval_interval: int = 0
     """Evaluate every N steps; 0 never."""
     eval_steps: int = 10
+    """Validation global batches per evaluation (the same ones each time)."""
     save_interval: int = 0
     """Checkpoint every N steps; 0 only at the end and on SIGTERM."""
     keep_last: int = 2
+    """Complete checkpoints to keep (oldest deleted first); 0 keeps all."""
     freeze: list[str] = field(default_factory=list)
     """Parameter-name globs to freeze."""
     initial_loss_scale: float = 65536.0
@@ -333,7 +340,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _build(hint, value, key + ".")
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:

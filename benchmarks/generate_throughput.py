@@ -1,0 +1,150 @@
+"""Generation throughput: our engine vs ``transformers`` ``generate``, same weights, same run.
+
+SmolLM2-135M (the embedded GGUF, dequantized to fp32), batch 32, 16-token prompts,
+64 new tokens, top-p 0.9 / temperature 1.0 (no top-k), EOS disabled so both produce
+exactly batch x 64 tokens, same thread count. Runs alternate (ours, HF, ours, HF, ...)
+and the best time of each is kept, so noise from a shared machine hurts both alike;
+process CPU time is reported next to wall time for the same reason.
+
+Prompts are the first 16 tokens of RealToxicityPrompts prompts from the shared data
+(``--prompts text``, the default) or uniformly random token ids (``--prompts random``:
+the model is then very unsure, nuclei hold thousands of tokens, the slow sampling path).
+
+Also prints the memory-bandwidth roofline fraction of our decode steps: bytes a step
+must read (all weights + the KV cache written so far) divided by the step time, over
+the copy bandwidth measured here. The last line is ``ratio=<ours / transformers>``.
+
+    OMP_NUM_THREADS=1 python benchmarks/generate_throughput.py [--threads 1] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from megatron_detox.generate.engine import GenerationCache, decode_one_token, generate_batch
+from megatron_detox.generate.sampling import SamplingParams
+from megatron_detox.models.loading import load_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def build_hf(model: torch.nn.Module, cfg) -> torch.nn.Module:  # type: ignore[no-untyped-def]
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from megatron_detox.models.hf_keys import to_hf_state_dict
+
+    hf_cfg, hf_state = to_hf_state_dict(cfg, model.state_dict())
+    hf_cfg = {k: v for k, v in hf_cfg.items() if k not in ("model_type", "architectures")}
+    hf = LlamaForCausalLM(LlamaConfig(**hf_cfg)).eval()
+    hf.load_state_dict(hf_state, strict=False)  # lm_head is tied to embed_tokens
+    hf.tie_weights()
+    hf.generation_config.eos_token_id = None  # every row generates exactly max_new_tokens
+    hf.generation_config.pad_token_id = 0
+    return hf
+
+
+def text_prompts(data: Path, batch_size: int, length: int) -> torch.Tensor:
+    """The first ``length`` tokens of the first RealToxicityPrompts prompts that are long enough."""
+    from megatron_detox.models.embedded import ensure_embedded_gguf
+    from megatron_detox.tokenizers import load_tokenizer
+
+    tokenizer = load_tokenizer(ensure_embedded_gguf())
+    rows: list[list[int]] = []
+    for name in ("nontoxic.jsonl", "toxic.jsonl"):
+        with (data / "rtp" / "decodingtrust" / name).open(encoding="utf-8") as handle:
+            for line in handle:
+                record = json.loads(line)
+                ids = tokenizer.encode(record["prompt"]["text"] + record["continuation"]["text"])
+                if len(ids) >= length:
+                    rows.append(ids[:length])
+                if len(rows) == batch_size:
+                    return torch.tensor(rows)
+    raise SystemExit(f"{data}: fewer than {batch_size} prompts of {length} tokens")
+
+
+def copy_bandwidth(num_bytes: int = 1 << 28, repeats: int = 5) -> float:
+    """Bytes/s of a large tensor copy (each copied byte is read once and written once)."""
+    src = torch.ones(num_bytes // 4)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - start)
+    return 2 * num_bytes / best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--prompt-len", type=int, default=16)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="torch.compile our decode step")
+    parser.add_argument("--prompts", choices=("text", "random"), default="text")
+    parser.add_argument("--data", default=os.environ.get("MEGATRON_DETOX_DATA", str(REPO.parent / "shared" / "data")))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    model, cfg = load_model("smollm2-135m")
+    hf = build_hf(model, cfg)
+    if args.prompts == "random":
+        gen = torch.Generator().manual_seed(0)
+        prompts = torch.randint(3, cfg.vocab_size, (args.batch_size, args.prompt_len), generator=gen)
+    else:
+        prompts = text_prompts(Path(args.data), args.batch_size, args.prompt_len)
+    params = SamplingParams(temperature=1.0, top_p=0.9)
+    step = torch.compile(decode_one_token, dynamic=True) if args.compile else decode_one_token
+
+    def ours() -> int:
+        out = generate_batch(model, prompts.tolist(), list(range(args.batch_size)), params,
+                             max_new_tokens=args.new_tokens, vocab_size=cfg.vocab_size,
+                             head_dim=cfg.head_dim, seed=1, decode_step=step)
+        return sum(len(g.tokens) for g in out)
+
+    def theirs() -> int:
+        with torch.inference_mode():
+            out = hf.generate(prompts, attention_mask=torch.ones_like(prompts), do_sample=True, top_p=0.9,
+                              top_k=0, temperature=1.0, max_new_tokens=args.new_tokens,
+                              min_new_tokens=args.new_tokens)
+        return int(out[:, args.prompt_len:].numel())
+
+    ours()  # warm-up (and compilation) outside the timings
+    theirs()
+    best = {"ours": float("inf"), "transformers": float("inf")}
+    best_cpu = dict(best)
+    tokens = {}
+    for _ in range(args.repeats):
+        for name, fn in (("ours", ours), ("transformers", theirs)):
+            start, start_cpu = time.perf_counter(), time.process_time()
+            tokens[name] = fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+            best_cpu[name] = min(best_cpu[name], time.process_time() - start_cpu)
+    rate = {name: tokens[name] / best[name] for name in best}
+    for name in best:
+        print(f"{name}: {tokens[name]} tokens in {best[name]:.2f} s wall ({best_cpu[name]:.2f} s CPU) = "
+              f"{rate[name]:.1f} tokens/s")
+    print(f"cpu_time_ratio={best_cpu['transformers'] / best_cpu['ours']:.3f} prompts={args.prompts}")
+
+    # Roofline: a decode step reads every weight once plus the KV written so far.
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())  # tied counted once
+    kv_per_slot = GenerationCache.num_bytes(cfg.num_layers, args.batch_size, 1, cfg.kv_heads, cfg.head_dim)
+    mean_len = args.prompt_len + args.new_tokens / 2
+    step_bytes = weight_bytes + kv_per_slot * mean_len
+    step_time = best["ours"] / args.new_tokens  # prefill included: an upper bound on step time
+    bandwidth = copy_bandwidth()
+    fraction = step_bytes / step_time / bandwidth
+    print(f"threads={args.threads} weights={weight_bytes / 2**20:.0f} MiB kv/step={kv_per_slot * mean_len / 2**20:.1f} MiB "
+          f"step={step_time * 1e3:.1f} ms copy_bandwidth={bandwidth / 1e9:.1f} GB/s roofline_fraction={fraction:.3f}")
+    print(f"ratio={rate['ours'] / rate['transformers']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

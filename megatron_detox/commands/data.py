@@ -1,0 +1,38 @@
+"""``megatron-detox data preprocess``: JSONL/text → megatron-core ``.bin/.idx``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("data", help="data preparation", description="Data preparation commands.")
+    commands = parser.add_subparsers(dest="data_command", metavar="<data command>", required=True)
+    pre = commands.add_parser(
+        "preprocess",
+        help="tokenize JSONL/text into a Megatron indexed dataset (.bin/.idx)",
+        description="Output opens with megatron-core IndexedDataset (and Megatron-LM). A bad line stops the run "
+                    "with file:line unless --skip-bad, which lists skipped lines in PREFIX.report.json.",
+    )
+    pre.add_argument("--input", required=True, help="a .jsonl file (text under --json-key) or plain text")
+    pre.add_argument("--json-key", default="text", help="JSON key holding the text (dotted for nested)")
+    pre.add_argument("--tokenizer", required=True,
+                     help="tokenizer files: .gguf, tokenizer.json, .model, VOCAB.json,MERGES.txt or a folder")
+    pre.add_argument("--output-prefix", required=True, help="writes PREFIX.bin and PREFIX.idx")
+    pre.add_argument("--append-eod", action="store_true", help="append the end-of-document token to each record")
+    pre.add_argument("--workers", type=int, default=1, help="tokenizer processes")
+    pre.add_argument("--skip-bad", action="store_true", help="skip bad lines (listed in the report) instead of stopping")
+    pre.set_defaults(func=run_preprocess)
+
+
+def run_preprocess(args: argparse.Namespace) -> int:
+    from megatron_detox.data import preprocess  # noqa: PLC0415
+    from megatron_detox.tokenizers import load_tokenizer  # noqa: PLC0415
+
+    report = preprocess(args.input, args.output_prefix, load_tokenizer(args.tokenizer), json_key=args.json_key,
+                        append_eod=args.append_eod, workers=max(args.workers, 1), skip_bad=args.skip_bad)
+    print(f"{report.documents} documents, {report.tokens} tokens -> {report.output_prefix}.bin/.idx"
+          + (f"; skipped {len(report.skipped)} bad lines (see {report.output_prefix}.report.json)"
+             if report.skipped else ""), file=sys.stderr)
+    return 0

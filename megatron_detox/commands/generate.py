@@ -1,0 +1,170 @@
+"""``megatron-detox generate``: print a continuation, or run the SGEAT self-generation stage.
+
+    megatron-detox generate --prompt "The capital of France is" --max-new-tokens 8 --greedy
+    megatron-detox generate --prompts rtp.jsonl --repeat 25 --max-new-tokens 20 --out runs/eval/gen
+    megatron-detox generate --unconditional 100000 --max-new-tokens 1000 --out runs/sgeat/gen
+
+Under ``torchrun`` the ids are split over the data-parallel ranks; rerunning the same
+command after a kill resumes. Defaults come from the ``generate`` config section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from megatron_detox.config import GenerateConfig
+from megatron_detox.errors import UserError
+
+_DEFAULTS = GenerateConfig()
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("generate", help="sample from a model (prompt, prompt file or unconditional)",
+                                   description=__doc__.split("\n\n")[0])
+    source = parser.add_argument_group("model")
+    source.add_argument("--model", default="smollm2-135m",
+                        help="a preset with weights, a .gguf file or a Hugging Face folder (default smollm2-135m)")
+    source.add_argument("--checkpoint", help="a checkpoint of ours (step, checkpoints or run folder); overrides --model")
+    source.add_argument("--peft", help="a PEFT checkpoint folder (adapters or prefix) applied on top of --model")
+    source.add_argument("--tokenizer", help="tokenizer spec when the model does not name a usable one")
+    source.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--prompt", help="one prompt; prints its continuation")
+    what.add_argument("--prompts", help="JSONL prompt file (with --out)")
+    what.add_argument("--unconditional", type=int, metavar="N", help="N samples from BOS (with --out)")
+    parser.add_argument("--prompt-key", default=_DEFAULTS.prompt_key, help="dotted key of the prompt text")
+    parser.add_argument("--repeat", type=int, default=_DEFAULTS.repeat, help="samples per prompt")
+    parser.add_argument("--allow-empty-prompts", action="store_true", help="generate from BOS for empty prompts")
+    parser.add_argument("--out", help="output folder (shards, generations.jsonl, manifest.json)")
+    parser.add_argument("--max-new-tokens", type=int, default=_DEFAULTS.max_new_tokens)
+    parser.add_argument("--temperature", type=float, default=_DEFAULTS.temperature)
+    parser.add_argument("--top-p", type=float, default=_DEFAULTS.top_p)
+    parser.add_argument("--top-k", type=int, default=_DEFAULTS.top_k)
+    parser.add_argument("--greedy", action="store_true", default=_DEFAULTS.greedy)
+    parser.add_argument("--seed", type=int, default=_DEFAULTS.seed)
+    parser.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size)
+    parser.add_argument("--ignore-eos", action="store_true", help="always generate --max-new-tokens tokens")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the decode step (for GPUs; no gain measured on CPU)")
+    parser.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (under torchrun)")
+    parser.add_argument("--pp", type=int, default=1, help="pipeline stages (under torchrun)")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(func=run)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.prompt is None and args.out is None:
+        raise UserError("--out: required with --prompts or --unconditional (the folder for the records)")
+    for name in ("max_new_tokens", "batch_size", "repeat"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')}={getattr(args, name)}: must be >= 1")
+    if args.unconditional is not None and args.unconditional < 1:
+        raise UserError(f"--unconditional={args.unconditional}: must be >= 1")
+    if not args.greedy and args.temperature <= 0:
+        raise UserError(f"--temperature={args.temperature}: must be > 0 (use --greedy for argmax)")
+    if not 0 < args.top_p <= 1:
+        raise UserError(f"--top-p={args.top_p}: must be in (0, 1]")
+    if args.top_k < 0:
+        raise UserError(f"--top-k={args.top_k}: must be >= 0")
+
+
+def context_length(args: argparse.Namespace) -> int | None:
+    """The model's context, read cheaply (no weights) where possible."""
+    from megatron_detox.models.presets import PRESETS
+
+    if args.checkpoint:
+        from megatron_detox.train.checkpoint import model_config_from_meta, read_meta, resolve_checkpoint
+
+        ckpt = resolve_checkpoint(args.checkpoint)
+        return model_config_from_meta(read_meta(ckpt), ckpt).max_position_embeddings
+    if args.model in PRESETS:
+        return PRESETS[args.model].max_position_embeddings
+    path = Path(args.model).expanduser()
+    if (path / "config.json").is_file():
+        try:
+            hf = json.loads((path / "config.json").read_text(encoding="utf-8"))
+            return int(hf.get("max_position_embeddings") or hf.get("n_positions"))
+        except (ValueError, TypeError):
+            return None
+    return None  # a GGUF: checked after loading
+
+
+def run(args: argparse.Namespace) -> int:
+    from megatron_detox.generate import (
+        GenerationSpec,
+        SamplingParams,
+        complete,
+        decode_one_token,
+        prompt_items,
+        read_prompts,
+        run_generation_stage,
+        unconditional_items,
+    )
+
+    _check_args(args)
+    # Cheap checks first: a bad prompt file or length must not wait for the model to load.
+    context = context_length(args)
+    if context is not None and args.max_new_tokens >= context:
+        raise UserError(f"--max-new-tokens={args.max_new_tokens}: the model context is {context} tokens "
+                        "(prompt included); ask for fewer")
+    if args.prompts is not None:
+        items = prompt_items(read_prompts(args.prompts, args.prompt_key, args.allow_empty_prompts), args.repeat)
+    elif args.unconditional is not None:
+        items = unconditional_items(args.unconditional)
+
+    from megatron_detox.inference import load_for_inference
+
+    loaded = load_for_inference(args.model, checkpoint=args.checkpoint, peft=args.peft, tokenizer=args.tokenizer,
+                                dtype=torch.bfloat16 if args.dtype == "bf16" else torch.float32)
+    model, tokenizer, cfg, described = loaded.model, loaded.tokenizer, loaded.config, loaded.source
+    if args.max_new_tokens >= cfg.max_position_embeddings:
+        raise UserError(f"--max-new-tokens={args.max_new_tokens}: the model context is "
+                        f"{cfg.max_position_embeddings} tokens (prompt included); ask for fewer")
+    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, greedy=args.greedy)
+    stops = () if args.ignore_eos else tuple(sorted({tokenizer.eod} | ({cfg.eos_token_id} if cfg.eos_token_id is not None else set())))
+    spec = GenerationSpec(params=params, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                          vocab_size=min(tokenizer.vocab_size, cfg.padded_vocab_size), head_dim=cfg.head_dim,
+                          context_length=cfg.max_position_embeddings, stop_ids=stops)
+    step = torch.compile(decode_one_token, dynamic=True) if args.compile else decode_one_token
+
+    if args.prompt is not None and args.out is None:
+        (text,) = complete(model, tokenizer, [args.prompt], spec, decode_step=step)
+        print(args.prompt + text)
+        return 0
+    if args.prompt is not None:
+        items = prompt_items([args.prompt], args.repeat)
+
+    model, layout, barrier = _init_parallel(args, model)
+    settings = {"model": described, "seed": args.seed, "max_new_tokens": args.max_new_tokens,
+                "temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k, "greedy": args.greedy,
+                "stop_ids": list(stops), "source": str(Path(args.prompts).resolve()) if args.prompts else
+                ("prompt" if args.prompt is not None else "unconditional"), "prompt_key": args.prompt_key,
+                "repeat": args.repeat, "num_samples": len(items), "dtype": args.dtype}
+    merged = run_generation_stage(model, tokenizer, items, args.out, spec, settings=settings,
+                                  batch_size=args.batch_size, dp_rank=layout.dp_rank, dp_size=layout.dp_size,
+                                  writer_rank=layout.writer_rank, merger_rank=layout.merger_rank, barrier=barrier,
+                                  decode_step=step, progress=not args.no_progress)
+    if merged is not None:
+        print(f"generate: wrote {len(items)} samples to {merged}", file=sys.stderr)
+    return 0
+
+
+def _init_parallel(args: argparse.Namespace, model: Any) -> tuple[Any, Any, Any]:
+    """Under torchrun: this rank's model (TP-sharded / pipeline stage), its GenerationLayout, a barrier."""
+    from megatron_detox.config import ParallelConfig
+    from megatron_detox.generate.parallel import GenerationLayout, shard_for_generation
+    from megatron_detox.parallel.env import init_distributed
+
+    env = init_distributed(ParallelConfig(tp=args.tp, pp=args.pp), model.config)
+    if env.world_size == 1:
+        return model, GenerationLayout(0, 1, True, True), None
+    import torch.distributed as dist
+
+    runner, layout = shard_for_generation(model, env)
+    return runner, layout, dist.barrier

@@ -1,0 +1,76 @@
+"""Pipeline-parallel decoding: each rank runs its stage's layers with its own KV cache.
+
+:class:`PipelineDecoder` has the call signature of ``Transformer`` so the engine runs
+unchanged on every pipeline rank: the first stage embeds, each stage sends its
+``[batch, seq, hidden]`` output to the next, and the last stage broadcasts the logits
+of the last slot ``[batch, 1, vocab]`` to the whole pipeline group. Every rank then
+samples the same token from the same per-sample generators, so all ranks agree on
+the tokens and on which rows finished, with no further messages.
+
+Simple and exact, not fast: stages run one after the other for one batch (no
+micro-batch overlap), and the logits broadcast costs ``batch x vocab`` floats per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from megatron_detox.models.gpt import Transformer
+from megatron_detox.models.kv_cache import KVCache
+
+
+class PipelineDecoder:
+    """One pipeline stage (``part``) behaving like the whole model for the engine."""
+
+    output = None  # the engine's prefill then calls us directly; we return the last slot only
+
+    def __init__(self, part: Transformer, group: dist.ProcessGroup, *, stage: int, num_stages: int) -> None:
+        self.part = part
+        self.group = group
+        self.stage = stage
+        self.num_stages = num_stages
+        self.config = part.config
+
+    @property
+    def layers(self) -> nn.ModuleDict:
+        return self.part.layers
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        return self.part.parameters()
+
+    # The stage's modules, so prefix tuning (``prefix_length``/``fill_prefix_cache``) sees its layers.
+    def modules(self) -> Iterator[nn.Module]:
+        return self.part.modules()
+
+    def get_submodule(self, target: str) -> nn.Module:
+        return self.part.get_submodule(target)
+
+    def __call__(self, tokens: Tensor, positions: Tensor, mask: Tensor, cache: KVCache, cache_pos: Tensor) -> Tensor:
+        """tokens ``[batch, seq]`` (only its shape is used after stage 0) -> logits ``[batch, 1, vocab]``."""
+        batch, seq = tokens.shape[:2]
+        param = next(self.part.parameters())
+        if self.stage == 0:
+            x = tokens
+        else:
+            x = torch.empty(batch, seq, self.config.hidden_size, dtype=param.dtype, device=param.device)
+            dist.recv(x, group=self.group, group_src=self.stage - 1)
+        last = self.stage == self.num_stages - 1
+        if last:
+            output = self.part.output
+            self.part.output = None  # project only the last slot (prefill needs no more)
+            try:
+                hidden = self.part(x, positions, mask, cache, cache_pos)
+            finally:
+                self.part.output = output
+            assert output is not None
+            logits = output(hidden[:, -1:]).contiguous()  # [batch, 1, padded_vocab]
+        else:
+            dist.send(self.part(x, positions, mask, cache, cache_pos).contiguous(), group=self.group,
+                      group_dst=self.stage + 1)
+            logits = torch.empty(batch, 1, self.config.padded_vocab_size, dtype=param.dtype, device=param.device)
+        dist.broadcast(logits, group=self.group, group_src=self.num_stages - 1)
+        return logits

@@ -1,0 +1,217 @@
+"""The generation stage: work items -> sharded exactly-once records -> merged file.
+
+Data parallelism is a split of sample ids (rank ``r`` takes ids with ``id % dp == r``);
+thanks to per-sample generators the text of an id is the same whatever the split.
+Tokenization, files and progress live here; the engine sees token ids only.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from megatron_detox.errors import UserError
+from megatron_detox.generate.engine import decode_one_token, generate_batch, kv_cache_bytes
+from megatron_detox.generate.prompts import WorkItem
+from megatron_detox.generate.sampling import SamplingParams
+from megatron_detox.generate.writer import (
+    ShardWriter,
+    append_metrics,
+    check_run_settings,
+    finished_ids,
+    merge_shards,
+    read_metrics,
+    shard_path,
+    write_json_atomic,
+)
+from megatron_detox.models.gpt import Transformer
+from megatron_detox.tokenizers.base import Tokenizer
+
+# Share of free memory the KV cache may take; the rest is for logits and activations.
+CACHE_MEMORY_FRACTION = 0.5
+
+
+@dataclass(frozen=True)
+class GenerationSpec:
+    """What decides the text of every sample id (batch size and layout do not)."""
+
+    params: SamplingParams
+    max_new_tokens: int
+    seed: int
+    vocab_size: int
+    """Real vocabulary size; padded logits beyond it are never sampled."""
+    head_dim: int
+    context_length: int
+    stop_ids: tuple[int, ...] = ()
+
+
+def encode_prompt(tokenizer: Tokenizer, text: str) -> list[int]:
+    """Prompt ids; an empty prompt starts from BOS (or EOS, GPT-2 style) alone."""
+    if text:
+        ids = tokenizer.encode(text)
+        if ids:
+            return ids
+    return [tokenizer.bos if tokenizer.bos is not None else tokenizer.eod]
+
+
+def free_memory_bytes(device: torch.device) -> int | None:
+    """Memory available for new tensors on ``device`` (None if unknown)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def fit_batch_size(model: Transformer, head_dim: int, batch_size: int, max_len: int,
+                   budget_bytes: int | None) -> int:
+    """The largest batch <= ``batch_size`` whose KV cache fits ``budget_bytes``."""
+    if budget_bytes is None:
+        return batch_size
+    per_row = kv_cache_bytes(model, head_dim, 1, max_len)
+    if per_row > budget_bytes:
+        raise UserError(f"--max-new-tokens: one sample of {max_len} tokens needs {per_row / 2**20:.0f} MiB of KV "
+                        f"cache, more than the {budget_bytes / 2**20:.0f} MiB available; generate fewer tokens")
+    return max(1, min(batch_size, budget_bytes // per_row))
+
+
+def complete(model: Transformer, tokenizer: Tokenizer, prompts: Sequence[str], spec: GenerationSpec,
+             sample_ids: Sequence[int] | None = None,
+             decode_step: Callable[..., Tensor] = decode_one_token) -> list[str]:
+    """Continuations of ``prompts`` (one batch; ids default to 0..n-1)."""
+    ids = list(sample_ids) if sample_ids is not None else list(range(len(prompts)))
+    out = generate_batch(model, [encode_prompt(tokenizer, p) for p in prompts], ids, spec.params,
+                         max_new_tokens=spec.max_new_tokens, vocab_size=spec.vocab_size, head_dim=spec.head_dim,
+                         stop_ids=spec.stop_ids, seed=spec.seed, decode_step=decode_step)
+    return [tokenizer.decode(g.tokens) for g in out]
+
+
+def run_generation_stage(
+    model: Transformer,
+    tokenizer: Tokenizer,
+    items: Sequence[WorkItem],
+    out_dir: str | Path,
+    spec: GenerationSpec,
+    *,
+    settings: dict[str, Any],
+    batch_size: int,
+    dp_rank: int = 0,
+    dp_size: int = 1,
+    writer_rank: bool = True,
+    merger_rank: bool = True,
+    barrier: Callable[[], None] | None = None,
+    decode_step: Callable[..., Tensor] = decode_one_token,
+    memory_budget_bytes: int | None = None,
+    progress: bool = True,
+) -> Path | None:
+    """Generate every item not yet in ``out_dir``; rank 0 merges. Returns the merged file on rank 0.
+
+    ``settings`` (model, seed, sampling, source of the items) goes to ``run.json`` and the
+    manifest; a rerun with different settings is refused. With tensor parallelism every
+    rank of a DP group runs the engine (it takes part in the collectives) but only one
+    (``writer_rank``) writes; ``merger_rank`` (global rank 0) merges. ``barrier``
+    synchronizes all ranks (None for a single process).
+    """
+    out = Path(out_dir)
+    if writer_rank:
+        check_run_settings(out, settings)
+    if barrier is not None:
+        barrier()  # run.json exists before anyone reads shards
+    done = finished_ids(out)
+    if barrier is not None:
+        barrier()  # every rank of a TP group saw the same finished ids before any writer appends
+    mine = [item for item in items if item.id % dp_size == dp_rank and item.id not in done]
+    encoded = {item.id: encode_prompt(tokenizer, item.prompt) for item in mine}
+    for item in mine:
+        if len(encoded[item.id]) + spec.max_new_tokens > spec.context_length:
+            line = f"line {item.prompt_index + 1}" if item.prompt_index is not None else f"sample {item.id}"
+            raise UserError(f"{line}: the prompt has {len(encoded[item.id])} tokens; with --max-new-tokens "
+                            f"{spec.max_new_tokens} it exceeds the model context of {spec.context_length}")
+    # Similar lengths share a batch, so little of the batch is padding.
+    mine.sort(key=lambda item: (len(encoded[item.id]), item.id))
+
+    device = next(model.parameters()).device
+    longest = max((len(ids) for ids in encoded.values()), default=1) + spec.max_new_tokens
+    budget = memory_budget_bytes
+    if budget is None:
+        free = free_memory_bytes(device)
+        budget = int(free * CACHE_MEMORY_FRACTION) if free is not None else None
+    fitted = fit_batch_size(model, spec.head_dim, min(batch_size, max(len(mine), 1)), longest, budget)
+    progress = progress and writer_rank
+    if writer_rank and mine:  # the cache size is reported up front, progress bar or not
+        print(f"generate: rank {dp_rank}: {len(mine)} samples to do ({len(done)} already done); KV cache "
+              f"{kv_cache_bytes(model, spec.head_dim, fitted, longest) / 2**20:.1f} MiB for batch {fitted} x "
+              f"{longest} tokens" + (f" (--batch-size {batch_size} split to fit memory)" if fitted < min(batch_size, len(mine)) else ""),
+              file=sys.stderr)
+
+    writer = ShardWriter(shard_path(out, dp_rank)) if writer_rank else None
+    bar = tqdm(total=len(mine), unit="sample", disable=not progress, desc=f"generate rank {dp_rank}")
+    total_tokens, started = 0, time.perf_counter()
+    try:
+        for start in range(0, len(mine), fitted):
+            batch = mine[start:start + fitted]
+            batch_started = time.perf_counter()
+            results = generate_batch(
+                model, [encoded[item.id] for item in batch], [item.id for item in batch], spec.params,
+                max_new_tokens=spec.max_new_tokens, vocab_size=spec.vocab_size, head_dim=spec.head_dim,
+                stop_ids=spec.stop_ids, seed=spec.seed, decode_step=decode_step,
+            )
+            seconds = time.perf_counter() - batch_started
+            records = [{"id": item.id, "prompt_index": item.prompt_index, "sample_index": item.sample_index,
+                        "prompt": item.prompt, "text": tokenizer.decode(g.tokens), "num_tokens": len(g.tokens),
+                        "finish_reason": g.finish_reason} for item, g in zip(batch, results, strict=True)]
+            if writer is None:
+                continue
+            writer.append(records)
+            # Tokens actually computed: an EOS counts, it cost a step like any other token.
+            tokens = sum(len(g.tokens) + (g.finish_reason == "eos") for g in results)
+            total_tokens += tokens
+            append_metrics(out, dp_rank, {"rank": dp_rank, "samples": len(batch), "tokens": tokens,
+                                          "seconds": seconds, "tokens_per_s": tokens / seconds})
+            bar.update(len(batch))
+            elapsed = time.perf_counter() - started
+            bar.set_postfix(tokens_per_s=f"{total_tokens / elapsed:.1f}")
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+    if barrier is not None:
+        barrier()
+    if not merger_rank:
+        return None
+    merged = merge_shards(out, len(items))
+    write_manifest(out, settings, merged, dp_size)
+    return merged
+
+
+def write_manifest(out: Path, settings: dict[str, Any], merged: Path, dp_size: int) -> None:
+    counts = {"samples": 0, "tokens": 0, "eos": 0, "length": 0}
+    with merged.open(encoding="utf-8") as handle:
+        for line in handle:
+            record = json.loads(line)
+            counts["samples"] += 1
+            counts["tokens"] += int(record["num_tokens"])
+            counts[record["finish_reason"]] += 1
+    per_rank: dict[int, list[float]] = {}
+    for m in read_metrics(out):
+        tokens_seconds = per_rank.setdefault(int(m["rank"]), [0.0, 0.0])
+        tokens_seconds[0] += m["tokens"]
+        tokens_seconds[1] += m["seconds"]
+    # Ranks run concurrently: the job's rate is the sum of the per-rank rates.
+    rate = sum(t / s for t, s in per_rank.values() if s > 0)
+    write_json_atomic(out / "manifest.json", {**settings, "counts": counts, "dp_size": dp_size,
+                                              "tokens_per_s": rate, "output": merged.name})

@@ -1,0 +1,150 @@
+"""Exactly-once output: append-only per-rank shards, then one merged file.
+
+Layout of an output folder::
+
+    DIR/run.json               the generation settings; a rerun must match them
+    DIR/shards/rank{r}.jsonl   records appended by rank r (flush + fsync per batch)
+    DIR/metrics/rank{r}.jsonl  one JSON line of throughput per batch
+    DIR/generations.jsonl      every id once, in id order (temp file + rename)
+    DIR/manifest.json          settings, counts, tokens/s (temp file + rename)
+
+A kill can only tear the last line of a shard (a batch is written then fsynced); the
+writer truncates that line when it reopens the shard. Finished ids are read from
+*all* shards, so a rerun with another number of ranks still skips them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from megatron_detox.errors import UserError
+
+Record = dict[str, Any]
+RECORD_KEYS = ("id", "prompt_index", "sample_index", "prompt", "text", "num_tokens", "finish_reason")
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON via a temp file in the same folder and an atomic rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def check_run_settings(out_dir: Path, settings: dict[str, Any]) -> None:
+    """Record the settings of this run, or refuse to resume a run made with others."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "run.json"
+    if path.is_file():
+        previous = json.loads(path.read_text(encoding="utf-8"))
+        changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
+        if changed:
+            key = changed[0]
+            raise UserError(f"{path}: this folder holds a run with {key}={previous.get(key)!r}, not "
+                            f"{settings.get(key)!r}; rerun with the same settings or use another --out")
+        return
+    write_json_atomic(path, settings)  # every rank writes identical content; rename is atomic
+
+
+def _read_lines(path: Path) -> list[Record]:
+    records = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise UserError(f"{path}:{number}: damaged record (not a torn last line); delete the "
+                                f"shard to regenerate its samples") from None
+    return records
+
+
+class ShardWriter:
+    """Append-only JSONL shard of one rank; reopening repairs a torn last line."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            data = path.read_bytes()
+            end = data.rfind(b"\n") + 1
+            if end != len(data):  # killed mid-write: drop the partial line
+                with path.open("r+b") as handle:
+                    handle.truncate(end)
+                    os.fsync(handle.fileno())
+        self._handle = path.open("a", encoding="utf-8")
+
+    def append(self, records: Iterable[Record]) -> None:
+        self._handle.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def shard_path(out_dir: Path, rank: int) -> Path:
+    return out_dir / "shards" / f"rank{rank}.jsonl"
+
+
+def finished_ids(out_dir: Path) -> set[int]:
+    """Ids with a complete record in any shard (a torn last line does not count)."""
+    done: set[int] = set()
+    for shard in sorted((out_dir / "shards").glob("rank*.jsonl")):
+        data = shard.read_bytes()
+        complete = data[: data.rfind(b"\n") + 1].decode("utf-8")
+        for number, line in enumerate(complete.splitlines(), start=1):
+            try:
+                done.add(int(json.loads(line)["id"]))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                raise UserError(f"{shard}:{number}: damaged record; delete the shard to regenerate "
+                                f"its samples") from None
+    return done
+
+
+def merge_shards(out_dir: Path, num_ids: int) -> Path:
+    """Write ``generations.jsonl``: ids ``0..num_ids-1`` once each, in order."""
+    by_id: dict[int, Record] = {}
+    for shard in sorted((out_dir / "shards").glob("rank*.jsonl")):
+        for record in _read_lines(shard):
+            by_id.setdefault(int(record["id"]), record)  # a duplicate holds the same text
+    missing = [i for i in range(num_ids) if i not in by_id]
+    if missing:
+        raise RuntimeError(f"{out_dir}: {len(missing)} ids have no record (first {missing[0]}); "
+                           f"rerun the command to generate them")
+    extra = sorted(set(by_id) - set(range(num_ids)))
+    if extra:
+        raise UserError(f"{out_dir}: holds id {extra[0]} beyond the {num_ids} requested; use a fresh --out")
+    target = out_dir / "generations.jsonl"
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        for i in range(num_ids):
+            handle.write(json.dumps(by_id[i], ensure_ascii=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, target)
+    return target
+
+
+def append_metrics(out_dir: Path, rank: int, metrics: Record) -> None:
+    path = out_dir / "metrics" / f"rank{rank}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(metrics) + "\n")
+
+
+def read_metrics(out_dir: Path) -> list[Record]:
+    records: list[Record] = []
+    for path in sorted((out_dir / "metrics").glob("rank*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a metrics line torn by a kill only loses one throughput sample
+    return records

@@ -1,0 +1,54 @@
+"""``export hf``: a checkpoint of ours → ``config.json`` + ``model.safetensors`` for transformers.
+
+The checkpoint's own ``meta.json`` gives the architecture; DCP assembles full tensors
+from whatever layout saved them (single process, no process group). Names and layouts
+map through ``models.hf_keys`` (Llama family → ``LlamaForCausalLM``, Megatron GPT →
+``GPT2LMHeadModel``); the vocabulary padding is dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from megatron_detox.errors import UserError
+from megatron_detox.models.config import ModelConfig
+from megatron_detox.models.hf_keys import hf_model_type, to_hf_state_dict
+from megatron_detox.models.state_dict import expected_shapes
+from megatron_detox.train.checkpoint import (
+    load_plain_model_state,
+    model_config_from_meta,
+    read_meta,
+    resolve_checkpoint,
+)
+
+
+def export_hf(checkpoint: str | Path, out_dir: str | Path) -> tuple[Path, ModelConfig]:
+    """Write the HF folder ``out_dir`` for ``checkpoint`` (a step, checkpoints or run folder)."""
+    ckpt = resolve_checkpoint(checkpoint)
+    meta = read_meta(ckpt)
+    if meta.get("method", "full") != "full":
+        raise UserError(f"{ckpt}: a train.method={meta['method']!r} checkpoint holds PEFT modules HF models "
+                        "do not have; merge them first")
+    cfg = model_config_from_meta(meta, ckpt)
+    hf_model_type(cfg)  # a UserError before loading anything if HF cannot express the model
+    state = load_plain_model_state(ckpt, cfg, sorted(expected_shapes(cfg)))
+    if cfg.tie_word_embeddings:
+        state["output.weight"] = state["tok_embeddings.weight"]
+    hf_config, hf_state = to_hf_state_dict(cfg, state)
+    hf_config["torch_dtype"] = "float32"
+    out = Path(out_dir).expanduser()
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    (tmp / "config.json").write_text(json.dumps(hf_config, indent=2), encoding="utf-8")
+    save_file(hf_state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out, cfg

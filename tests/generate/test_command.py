@@ -1,0 +1,115 @@
+"""``megatron-detox generate``: bad input exits 2 with one line; kill -9 + rerun is exactly-once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from megatron_detox.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(["generate", "--no-progress", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(("content", "words"), [
+    (b'{"prompt": {"text": "a"}}\n{"prompt": \n', "prompts.jsonl:2: malformed JSON"),
+    (b'{"prompt": {"text": "a"}}\n{"text": "b"}\n', "prompts.jsonl:2: field 'prompt.text' is missing"),
+    (b'{"prompt": {"text": ""}}\n', "prompts.jsonl:1: field 'prompt.text' is an empty prompt"),
+    (b'{"prompt": {"text": "\xc3\x28"}}\n', "prompts.jsonl:1: not UTF-8"),
+])
+def test_bad_prompt_file_exits_2_with_one_line(tmp_path: Path, tiny_hf_folder: Path, content: bytes, words: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_bytes(content)
+    code, _, err = cli(["--model", str(tiny_hf_folder), "--prompts", str(prompts), "--out", str(tmp_path / "o"),
+                        "--max-new-tokens", "8"],
+                       capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and words in err and "Traceback" not in err
+
+
+def test_max_new_tokens_beyond_context_refused_before_loading(monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import megatron_detox.models.loading as loading
+
+    def no_loading(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model must not be loaded")
+
+    monkeypatch.setattr(loading, "load_model", no_loading)
+    code, _, err = cli(["--model", "smollm2-135m", "--prompt", "Hi", "--max-new-tokens", "9000"], capsys)
+    assert code == 2 and "--max-new-tokens=9000: the model context is 8192 tokens" in err
+
+
+def test_prompt_prints_continuation(tiny_hf_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(["--model", str(tiny_hf_folder), "--prompt", "The capital", "--max-new-tokens", "5",
+                        "--greedy"], capsys)
+    assert code == 0 and out.startswith("The capital") and len(out) > len("The capital\n")
+
+
+def _command(model: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "megatron_detox", "generate", "--model", str(model), "--unconditional", "100",
+            "--max-new-tokens", "16", "--batch-size", "2", "--seed", "3", "--top-p", "0.9", "--out", str(out),
+            "--no-progress"]
+
+
+def test_sigkill_and_rerun_is_exactly_once(tmp_path: Path, tiny_hf_folder: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    killed = tmp_path / "killed"
+    shard = killed / "shards" / "rank0.jsonl"
+    proc = subprocess.Popen(_command(tiny_hf_folder, killed), cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if shard.exists() and shard.read_bytes().count(b"\n") >= 10:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    done_before = shard.read_bytes().count(b"\n")
+    metrics = killed / "metrics" / "rank0.jsonl"
+    metric_lines = len(metrics.read_text().splitlines()) if metrics.exists() else 0
+    assert 10 <= done_before < 100
+    assert not (killed / "generations.jsonl").exists()
+
+    for out in (killed, tmp_path / "straight"):
+        result = subprocess.run(_command(tiny_hf_folder, out), cwd=REPO, env=env, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+    resumed = (killed / "generations.jsonl").read_text(encoding="utf-8").splitlines()
+    straight = (tmp_path / "straight" / "generations.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line)["id"] for line in resumed] == list(range(100))
+    assert resumed == straight
+    # The rerun generated exactly what was missing.
+    rerun_samples = sum(json.loads(m)["samples"] for m in metrics.read_text().splitlines()[metric_lines:])
+    assert rerun_samples == 100 - done_before and shard.read_bytes().count(b"\n") == 100
+
+
+def test_checkpoint_of_ours_generates_like_its_source(tmp_path: Path, tiny_hf_folder: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import dataclasses
+
+    from megatron_detox.models.loading import load_model
+    from megatron_detox.train.checkpoint import model_shape, save_checkpoint
+
+    model, cfg = load_model(str(tiny_hf_folder))
+    meta = {"model": model_shape(cfg), "model_config": dataclasses.asdict(cfg), "method": "full"}
+    save_checkpoint(tmp_path / "run", 3, {"model": model.state_dict()}, meta, rank=0, keep_last=1)
+    common = ["--prompt", "The capital", "--max-new-tokens", "6", "--top-p", "0.9", "--seed", "2"]
+    code, from_hf, _ = cli(["--model", str(tiny_hf_folder), *common], capsys)
+    assert code == 0
+    code, from_ckpt, err = cli(["--checkpoint", str(tmp_path / "run"), "--tokenizer",
+                                str(tiny_hf_folder / "tokenizer.json"), *common], capsys)
+    assert code == 0, err
+    assert from_ckpt == from_hf

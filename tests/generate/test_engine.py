@@ -1,0 +1,155 @@
+"""The engine on tiny random models: cache == recomputation, batch invariance, EOS, padding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from megatron_detox.generate.engine import GenerationCache, generate_batch
+from megatron_detox.generate.sampling import SamplingParams
+
+from .conftest import tiny_config, tiny_model
+
+VOCAB = 100
+
+
+def ragged_prompts(n: int, seed: int = 0) -> list[list[int]]:
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, 12, (n,), generator=gen).tolist()
+    return [torch.randint(1, VOCAB, (length,), generator=gen).tolist() for length in lengths]
+
+
+def run(model, prompts, ids, params, new=10, stops=(), seed=5):  # type: ignore[no-untyped-def]
+    cfg = model.config
+    return generate_batch(model, prompts, ids, params, max_new_tokens=new, vocab_size=cfg.vocab_size,
+                          head_dim=cfg.head_dim, stop_ids=stops, seed=seed)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt"])
+def test_cached_greedy_equals_recomputation(family: str) -> None:
+    """Left-padded ragged batch + KV cache gives the tokens of a cache-free, unpadded loop."""
+    changes = {} if family == "llama" else dict(position_embedding="learned", normalization="layernorm",
+                                                activation="gelu", add_bias_linear=True, num_query_groups=None)
+    model = tiny_model(tiny_config(VOCAB, **changes))
+    prompts = ragged_prompts(6)
+    results = run(model, prompts, list(range(6)), SamplingParams(greedy=True), new=12)
+    for prompt, result in zip(prompts, results):
+        seq = list(prompt)
+        with torch.no_grad():
+            for _ in range(12):
+                logits = model(torch.tensor([seq]))[0, -1, :VOCAB]  # full recomputation, no cache
+                seq.append(int(logits.argmax()))
+        assert result.tokens == seq[len(prompt):]
+        assert result.finish_reason == "length"
+
+
+def test_padded_vocab_never_generated() -> None:
+    model = tiny_model(tiny_config(VOCAB))
+
+    def boost_padding(module, inputs, logits):  # type: ignore[no-untyped-def]
+        logits[..., VOCAB:] += 100.0  # the padding columns become by far the most likely
+        return logits
+
+    model.output.register_forward_hook(boost_padding)
+    with torch.no_grad():
+        assert int(model(torch.tensor([[1, 2, 3]]))[0, -1].argmax()) >= VOCAB
+    for params in (SamplingParams(greedy=True), SamplingParams(top_p=0.9), SamplingParams(top_k=3)):
+        for result in run(model, ragged_prompts(4), list(range(4)), params):
+            assert max(result.tokens) < VOCAB
+
+
+def test_sampled_text_independent_of_batch_size_and_composition() -> None:
+    model = tiny_model(tiny_config(VOCAB))
+    prompts = ragged_prompts(7, seed=3)
+    params = SamplingParams(top_p=0.9, temperature=1.0)
+    stops = (7,)
+    full = run(model, prompts, list(range(7)), params, new=16, stops=stops)
+    for batch_size in (1, 4):
+        parts = []
+        for start in range(0, 7, batch_size):
+            parts += run(model, prompts[start:start + batch_size], list(range(start, min(start + batch_size, 7))),
+                         params, new=16, stops=stops)
+        assert [(g.tokens, g.finish_reason) for g in parts] == [(g.tokens, g.finish_reason) for g in full]
+    shuffled = [6, 2, 0, 5, 1, 3, 4]  # composition and order do not matter either
+    again = run(model, [prompts[i] for i in shuffled], shuffled, params, new=16, stops=stops)
+    assert {g.sample_id: g.tokens for g in again} == {g.sample_id: g.tokens for g in full}
+    # and the seed does matter
+    other = run(model, prompts, list(range(7)), params, new=16, stops=stops, seed=6)
+    assert [g.tokens for g in other] != [g.tokens for g in full]
+
+
+def test_eos_stops_rows_and_compaction_keeps_the_rest_exact() -> None:
+    model = tiny_model(tiny_config(VOCAB))
+    prompts = ragged_prompts(8, seed=1)
+    params = SamplingParams(greedy=True)
+    free = run(model, prompts, list(range(8)), params, new=12)
+    # Stop on tokens that some rows produce early, so rows finish at different steps
+    # and the batch is compacted mid-way.
+    stops = {g.tokens[1] for g in free[:3]}
+    stopped = run(model, prompts, list(range(8)), params, new=12, stops=tuple(stops))
+    finished = 0
+    for a, b in zip(free, stopped):
+        cut = next((i for i, t in enumerate(a.tokens) if t in stops), None)
+        if cut is None:
+            assert b.tokens == a.tokens and b.finish_reason == "length"
+        else:
+            finished += 1
+            assert b.tokens == a.tokens[:cut] and b.finish_reason == "eos"
+    assert finished >= 3
+
+
+def test_cache_reads_only_written_slots() -> None:
+    cache = GenerationCache([0], 2, 10, 1, 4)
+    cache.length = 3
+    k = torch.ones(2, 3, 1, 4)
+    keys, values = cache.update(0, torch.arange(3), k, k)
+    assert keys.shape == (2, 3, 1, 4) and torch.equal(keys, k)
+    cache.keep_rows(torch.tensor([1]))
+    assert cache.keys[0].shape == (1, 10, 1, 4) and cache.batch_size == 1
+
+
+def test_empty_prompt_is_rejected() -> None:
+    model = tiny_model(tiny_config(VOCAB))
+    with pytest.raises(ValueError):
+        run(model, [[1, 2], []], [0, 1], SamplingParams(greedy=True))
+
+
+@pytest.fixture(scope="module")
+def smollm2():  # type: ignore[no-untyped-def]
+    from megatron_detox.errors import UserError
+    from megatron_detox.models.embedded import ensure_embedded_gguf
+    from megatron_detox.models.loading import load_model
+    from megatron_detox.tokenizers import load_tokenizer
+
+    try:
+        model, cfg = load_model("smollm2-135m")
+    except UserError as error:  # offline and not cached
+        pytest.skip(str(error))
+    return model, cfg, load_tokenizer(ensure_embedded_gguf())
+
+
+def test_greedy_matches_transformers_on_smollm2(smollm2) -> None:  # type: ignore[no-untyped-def]
+    """Same weights in ``LlamaForCausalLM``: HF greedy per prompt == our ragged batch, token for token."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from megatron_detox.models.hf_keys import to_hf_state_dict
+
+    model, cfg, tokenizer = smollm2
+    hf_config, hf_state = to_hf_state_dict(cfg, model.state_dict())
+    hf_config = {k: v for k, v in hf_config.items() if k not in ("model_type", "architectures")}
+    hf = LlamaForCausalLM(LlamaConfig(**hf_config)).eval()
+    missing, unexpected = hf.load_state_dict(hf_state, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}
+    hf.tie_weights()
+
+    texts = ["The capital of France is", "Once upon a time, in a small village by the sea, there"]
+    prompts = [tokenizer.encode(t) for t in texts]
+    assert len(prompts[0]) != len(prompts[1])  # ragged: ours runs them left-padded in one batch
+    ours = generate_batch(model, prompts, [0, 1], SamplingParams(greedy=True), max_new_tokens=10,
+                          vocab_size=cfg.vocab_size, head_dim=cfg.head_dim)
+    for prompt, result in zip(prompts, ours):
+        with torch.inference_mode():
+            out = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                              do_sample=False, max_new_tokens=10, eos_token_id=None, pad_token_id=0)
+        assert result.tokens == out[0, len(prompt):].tolist()
+    assert "Paris" in tokenizer.decode(ours[0].tokens)

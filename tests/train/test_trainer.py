@@ -1,0 +1,201 @@
+"""End-to-end training: kill anywhere and resume, TP2 → TP1 resume, fp16/bf16, fine-tuning."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from distributed import run_distributed
+from tiny_corpus import tiny_gpt_config
+
+from megatron_detox.config import load_config
+from megatron_detox.errors import UserError
+from megatron_detox.models import Transformer
+from megatron_detox.models.init import init_weights
+from megatron_detox.models.state_dict import expected_shapes
+from megatron_detox.train import train
+from megatron_detox.train.checkpoint import load_checkpoint_weights, load_plain_model_state
+from megatron_detox.train.metrics import read_metrics
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _config(tmp: Path, corpus: tuple[Path, str, int], name: str, **sections: dict) -> Path:
+    text_file, spec, vocab = corpus
+    return tiny_gpt_config(tmp / f"{name}.yaml", run_dir=tmp / name, text_file=text_file, tokenizer=spec,
+                           vocab_size=vocab, **sections)
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir / "metrics.jsonl")}
+
+
+def _command(config: Path) -> list[str]:
+    return [sys.executable, "-m", "megatron_detox", "train", str(config), "--no-progress"]
+
+
+def test_kill_anywhere_then_rerun_gives_the_same_losses(tmp_path: Path, corpus: tuple[Path, str, int]) -> None:
+    train_cfg = {"steps": 10, "save_interval": 1, "keep_last": 2}
+    reference = _config(tmp_path, corpus, "reference", train=train_cfg)
+    killed = _config(tmp_path, corpus, "killed", train=train_cfg)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    # The uninterrupted run goes alongside the one to be killed (two cores, half the wall time).
+    uninterrupted = subprocess.Popen(_command(reference), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+    kill_after = random.Random().randint(2, 8)  # reported in the failure messages
+    proc = subprocess.Popen(_command(killed), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if len(read_metrics(metrics)) >= kill_after:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    steps_before_kill = len(read_metrics(metrics))
+    assert steps_before_kill < 10, "the run finished before it could be killed"
+
+    subprocess.run(_command(killed), check=True, cwd=REPO, env=env, capture_output=True)
+    _, stderr = uninterrupted.communicate(timeout=300)
+    assert uninterrupted.returncode == 0, stderr.decode()[-2000:]
+    want, got = _losses(tmp_path / "reference"), _losses(tmp_path / "killed")
+    assert sorted(got) == list(range(1, 11)), f"killed after {steps_before_kill} steps"
+    assert got == want, f"killed after {steps_before_kill} steps"
+    assert [r["step"] for r in read_metrics(metrics)] == list(range(1, 11))  # each step exactly once
+    assert not list((tmp_path / "killed" / "checkpoints").glob("*.tmp*"))
+    assert (tmp_path / "killed" / "checkpoints" / "latest").read_text().strip() == "step_000010"
+
+
+def _train_tp2(rank: int, world_size: int, config: str) -> dict[int, float]:
+    result = train(load_config(config, ["parallel.tp=2"]), progress=False)
+    return result.losses
+
+
+def test_save_on_tp2_resume_on_tp1(tmp_path: Path, corpus: tuple[Path, str, int]) -> None:
+    config = _config(tmp_path, corpus, "tp2", train={"steps": 6, "save_interval": 3, "keep_last": 2})
+    tp2_losses = run_distributed(_train_tp2, 2, str(config))[0]
+    assert sorted(tp2_losses) == list(range(1, 7))
+
+    # The TP1 run starts from the TP2 checkpoint of step 3.
+    resumed = tmp_path / "tp1"
+    shutil.copytree(tmp_path / "tp2", resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step_000006")
+    (resumed / "checkpoints" / "latest").write_text("step_000003\n")
+    result = train(load_config(config, [f"train.run_dir={resumed}"]), progress=False)
+    assert sorted(result.losses) == [4, 5, 6]
+    for step in (4, 5, 6):
+        assert result.losses[step] == pytest.approx(tp2_losses[step], abs=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_low_precision_trains(tmp_path: Path, corpus: tuple[Path, str, int], precision: str) -> None:
+    config = _config(tmp_path, corpus, precision, train={"steps": 6, "precision": precision, "save_interval": 0})
+    result = train(load_config(config), progress=False)
+    records = read_metrics(tmp_path / precision / "metrics.jsonl")
+    assert [r["step"] for r in records] == list(range(1, 7))
+    assert result.losses[6] < result.losses[1]
+    if precision == "fp16":
+        assert all(r["loss_scale"] >= 1.0 for r in records)
+
+
+def test_checkpoint_of_another_shape_is_refused(tmp_path: Path, corpus: tuple[Path, str, int]) -> None:
+    config = _config(tmp_path, corpus, "shape", train={"steps": 2})
+    train(load_config(config), progress=False)
+    with pytest.raises(UserError, match=r"meta.json: checkpoint has model hidden_size=64 but the config gives 128"):
+        train(load_config(config, ["model.hidden_size=128", "train.steps=4"]), progress=False)
+
+
+def test_fine_tune_from_checkpoint_and_freeze(tmp_path: Path, corpus: tuple[Path, str, int]) -> None:
+    base = _config(tmp_path, corpus, "base", train={"steps": 4})
+    train(load_config(base), progress=False)
+    tuned = load_config(base, [f"train.run_dir={tmp_path / 'tuned'}", f"model.pretrained={tmp_path / 'base'}",
+                               "train.steps=2", "train.freeze=[tok_embeddings.*,pos_embeddings.*]"])
+    result = train(tuned, progress=False)
+    base_losses = _losses(tmp_path / "base")
+    # Starting from the trained weights, the first loss is far below a random model's (~ln 384 = 5.95).
+    assert result.losses[1] < base_losses[1] - 0.2
+    records = read_metrics(tmp_path / "tuned" / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2]
+    assert json.loads((tmp_path / "tuned" / "checkpoints" / "step_000002" / "meta.json").read_text())["step"] == 2
+
+
+def test_fp16_overflow_skips_steps_and_halves_the_scale(tmp_path: Path, corpus: tuple[Path, str, int]) -> None:
+    config = _config(tmp_path, corpus, "overflow",
+                     train={"steps": 3, "precision": "fp16", "initial_loss_scale": 1e30, "save_interval": 0})
+    result = train(load_config(config), progress=False)
+    records = read_metrics(tmp_path / "overflow" / "metrics.jsonl")
+    assert [r["skipped"] for r in records] == [True, True, True]
+    assert [r["loss_scale"] for r in records] == [5e29, 2.5e29, 1.25e29]
+    # Skipped steps leave the weights at their seeded initial values.
+    cfg = load_config(config)
+    model_cfg = cfg.model.to_model_config()
+    initial = Transformer(model_cfg)
+    init_weights(initial, model_cfg, cfg.train.seed)
+    names = sorted(expected_shapes(model_cfg))
+    saved = load_plain_model_state(result.checkpoint, model_cfg, names)
+    for name, tensor in initial.state_dict().items():
+        assert torch.equal(saved[name], tensor), name
+
+
+def test_sigterm_checkpoints_and_stops(tmp_path: Path, corpus: tuple[Path, str, int]) -> None:
+    config = _config(tmp_path, corpus, "preempted", train={"steps": 40, "save_interval": 0})
+    metrics = tmp_path / "preempted" / "metrics.jsonl"
+    sent = threading.Event()
+
+    def preempt() -> None:  # what SLURM does before it kills a job
+        while len(read_metrics(metrics)) < 2:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+        sent.set()
+
+    watcher = threading.Thread(target=preempt, daemon=True)
+    watcher.start()
+    result = train(load_config(config), progress=False)
+    assert sent.is_set() and result.stopped_by_signal
+    assert 2 <= result.step < 40
+    assert result.checkpoint == tmp_path / "preempted" / "checkpoints" / f"step_{result.step:06d}"
+    assert [r["step"] for r in read_metrics(metrics)] == list(range(1, result.step + 1))
+    resumed = train(load_config(config, ["train.steps=" + str(result.step + 2)]), progress=False)
+    assert sorted(resumed.losses) == [result.step + 1, result.step + 2]
+
+
+def test_adapter_method_trains_only_the_adapters(tmp_path: Path, corpus: tuple[Path, str, int]) -> None:
+    config = _config(tmp_path, corpus, "adapter", train={"steps": 2, "method": "adapter", "save_interval": 0},
+                     peft={"adapter": {"bottleneck": 8, "init_std": 0.02}})
+    result = train(load_config(config), progress=False)
+    cfg = load_config(config)
+    model_cfg = cfg.model.to_model_config()
+    initial = Transformer(model_cfg)
+    init_weights(initial, model_cfg, cfg.train.seed)
+    _, saved = load_checkpoint_weights(result.checkpoint)
+    base = initial.state_dict()
+    adapters = sorted(set(saved) - set(base))
+    assert adapters and all("adapter" in name for name in adapters)
+    for name, tensor in base.items():
+        assert torch.equal(saved[name], tensor), name  # the base model is frozen
+
+
+def test_pretokenized_paths_need_no_tokenizer_and_missing_ones_are_named(
+        tmp_path: Path, corpus: tuple[Path, str, int]) -> None:
+    from megatron_detox.data import preprocess
+    from megatron_detox.tokenizers import load_tokenizer
+
+    preprocess(corpus[0], tmp_path / "wiki", load_tokenizer(corpus[1]), progress=False)
+    config = _config(tmp_path, corpus, "paths", train={"steps": 2})
+    paths = [f"data.paths=[{tmp_path / 'wiki'}]", "data.text_files=[]", "data.tokenizer=null"]
+    result = train(load_config(config, paths), progress=False)
+    assert sorted(result.losses) == [1, 2]
+    with pytest.raises(UserError, match=r"^data.paths\[0\]=.*missing.bin and .*missing.idx not found"):
+        train(load_config(config, [f"data.paths=[{tmp_path / 'missing'}]", "data.text_files=[]",
+                                   f"train.run_dir={tmp_path / 'other'}"]), progress=False)
