@@ -114,6 +114,8 @@ def build_gpt_datasets(
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
     config = gpt_dataset_config(blend, tokenizer, seq_length=seq_length, seed=seed, split=split,
                                 cache_dir=cache_dir)
+    _drop_unrequested_splits(config, num_samples)
+    _check_requested_splits(blend, config, num_samples, split)
     builder = BlendedMegatronDatasetBuilder(GPTDataset, list(num_samples), lambda: True, config)
     try:
         with _process_group_for_megatron_core():
@@ -122,6 +124,32 @@ def build_gpt_datasets(
         raise UserError(f"data: megatron-core could not build the datasets from {blend.prefixes} "
                         f"(split={split!r}, seq_length={seq_length}): {error or 'assertion failed'}; "
                         "check that every split has documents") from None
+
+
+_SPLIT_NAMES = ("train", "valid", "test")
+
+
+def _drop_unrequested_splits(config: GPTDatasetConfig, num_samples: tuple[int, int, int]) -> None:
+    """Build no index for a split nobody asked samples of (the others keep their documents).
+
+    megatron-core would otherwise build it anyway and, for a split holding no documents,
+    loop forever looking for enough tokens.
+    """
+    config.split_matrix = [bounds if wanted else None
+                           for bounds, wanted in zip(config.split_matrix, num_samples, strict=True)]
+
+
+def _check_requested_splits(blend: Blend, config: GPTDatasetConfig, num_samples: tuple[int, int, int],
+                            split: str) -> None:
+    """A requested split with no documents in some prefix is a user mistake, said before building."""
+    for prefix in blend.prefixes:
+        num_docs = GPTDataset.numel_low_level_dataset(IndexedDataset(prefix))
+        for name, bounds, wanted in zip(_SPLIT_NAMES, config.split_matrix, num_samples, strict=True):
+            if not wanted:
+                continue
+            if bounds is None or round(bounds[1] * num_docs) - round(bounds[0] * num_docs) == 0:
+                raise UserError(f"data.split={split!r}: the {name} split of {prefix} gets no documents "
+                                f"({num_docs} in total); give it a larger share or add data")
 
 
 @contextlib.contextmanager

@@ -74,3 +74,17 @@ def test_missing_prefix_and_bad_blends(tmp_path: Path, prefixes: tuple[str, str]
     with pytest.raises(UserError, match="pairs"):
         parse_blend(["0.5", "a", "0.5"])
     assert parse_blend([0.3, "a", 0.7, "b"]).weights == [0.3, 0.7]
+
+
+def test_tiny_corpus_empty_splits(tmp_path: Path, corpus: tuple[Path, str, int]) -> None:
+    """8 documents at split 95,5,0: valid gets none. Unrequested it is skipped; requested it is refused."""
+    text_file, spec, _ = corpus
+    texts = [json.loads(line)["text"] for line in text_file.read_text(encoding="utf-8").splitlines()][:8]
+    preprocess(write_jsonl(tmp_path / "small.jsonl", texts), tmp_path / "small", load_tokenizer(spec), progress=False)
+    blend = parse_blend([str(tmp_path / "small")])
+    train_ds, valid_ds, _ = build_gpt_datasets(blend, load_tokenizer(spec), seq_length=32, seed=1, split="95,5,0",
+                                               num_samples=(16, 0, 0), cache_dir=tmp_path / "cache")
+    assert train_ds is not None and len(train_ds) >= 16 and valid_ds is None
+    with pytest.raises(UserError, match=r"the valid split of .*small gets no documents \(8 in total\)"):
+        build_gpt_datasets(blend, load_tokenizer(spec), seq_length=32, seed=1, split="95,5,0",
+                           num_samples=(16, 4, 0), cache_dir=tmp_path / "cache")

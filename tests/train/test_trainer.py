@@ -185,6 +185,21 @@ def test_adapter_method_trains_only_the_adapters(tmp_path: Path, corpus: tuple[P
     for name, tensor in base.items():
         assert torch.equal(saved[name], tensor), name  # the base model is frozen
 
+    # Inference sees the trained adapters both ways: the run's checkpoint (PEFT modules
+    # rebuilt from meta.json) and base weights + the small run_dir/peft folder.
+    from megatron_detox.inference import load_for_inference
+    from megatron_detox.peft import load_peft_checkpoint
+
+    loaded = load_for_inference(checkpoint=result.run_dir, tokenizer=corpus[1])
+    load_peft_checkpoint(initial, model_cfg, result.run_dir / "peft")
+    tokens = torch.randint(0, corpus[2], (2, 16))
+    with torch.no_grad():
+        expected = initial.eval()(tokens)
+        assert torch.equal(loaded.model(tokens), expected)
+        plain = Transformer(model_cfg)
+        init_weights(plain, model_cfg, cfg.train.seed)
+        assert not torch.allclose(plain.eval()(tokens), expected)  # the adapters are really applied
+
 
 def test_pretokenized_paths_need_no_tokenizer_and_missing_ones_are_named(
         tmp_path: Path, corpus: tuple[Path, str, int]) -> None:
