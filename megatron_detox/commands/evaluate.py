@@ -197,7 +197,8 @@ def run_toxicity(args: argparse.Namespace) -> int:
 
 
 def run_perplexity(args: argparse.Namespace) -> int:
-    from megatron_detox.evaluate.io import read_json, write_json_atomic
+    from megatron_detox.atomic import write_json_atomic
+    from megatron_detox.evaluate.io import read_json
     from megatron_detox.evaluate.perplexity import compute_perplexity, load_documents
 
     model, tokenizer, cfg = _load(args)
@@ -220,14 +221,14 @@ def run_perplexity(args: argparse.Namespace) -> int:
         print(f"{data}: perplexity {result.perplexity:.3f} over {result.num_tokens} tokens "
               f"({result.num_documents} documents, window {max_length}, stride {stride})", file=sys.stderr)
         if out_file is not None:
-            write_json_atomic(out_file, results)
+            write_json_atomic(out_file, results, sort_keys=False)
     return 0
 
 
 def run_lm_eval(args: argparse.Namespace) -> int:
     import json
 
-    from megatron_detox.evaluate.io import write_json_atomic
+    from megatron_detox.atomic import write_json_atomic
     from megatron_detox.evaluate.lm_eval_adapter import MegatronDetoxLM
 
     try:
@@ -248,7 +249,7 @@ def run_lm_eval(args: argparse.Namespace) -> int:
                "results": results["results"] if results else {}}
     print(json.dumps(summary["results"], indent=2, default=str))
     if args.out:
-        write_json_atomic(Path(args.out) / "lm_eval.json", json.loads(json.dumps(summary, default=str)))
+        write_json_atomic(Path(args.out) / "lm_eval.json", json.loads(json.dumps(summary, default=str)), sort_keys=False)
     return 0
 
 

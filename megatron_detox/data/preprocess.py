@@ -26,6 +26,7 @@ from typing import Any
 import numpy
 from tqdm import tqdm
 
+from megatron_detox.atomic import write_text_atomic
 from megatron_detox.data.megatron_core import IndexedDatasetBuilder, optimal_dtype
 from megatron_detox.errors import UserError
 from megatron_detox.tokenizers.base import Tokenizer
@@ -180,7 +181,7 @@ def preprocess(
     # leaves no dataset that looks complete.
     os.replace(tmp_prefix + ".bin", prefix + ".bin")
     os.replace(tmp_prefix + ".idx", prefix + ".idx")
-    _write_atomic(Path(prefix + ".report.json"), report.to_json())
+    write_text_atomic(Path(prefix + ".report.json"), report.to_json())
     return report
 
 
@@ -214,9 +215,3 @@ def _add_document(builder: IndexedDatasetBuilder, ids: list[int], dtype: type, r
     builder.add_document(array, [array.size])
     report.documents += 1
     report.tokens += int(array.size)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

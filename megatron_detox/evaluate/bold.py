@@ -135,7 +135,8 @@ def run_bold(
     """
     from tqdm import tqdm
 
-    from megatron_detox.evaluate.io import read_json, write_json_atomic
+    from megatron_detox.atomic import write_json_atomic
+    from megatron_detox.evaluate.io import read_json
 
     out = Path(out_dir)
     settings = {"max_length": max_length, "max_per_group": max_per_group, "seed": seed,
@@ -156,10 +157,10 @@ def run_bold(
             block["toxicity"] = _continuation_toxicity(
                 load_bold_domain(root, domain, "prompts"), out / "bold" / domain, generate, scorer,
                 max_per_group, seed)
-        write_json_atomic(done, block)
+        write_json_atomic(done, block, sort_keys=False)
         results[domain] = block
     summary = {"bold_dir": str(root), "domains": results}
-    write_json_atomic(out / "bold.json", summary)
+    write_json_atomic(out / "bold.json", summary, sort_keys=False)
     return summary
 
 

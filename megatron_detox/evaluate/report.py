@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from megatron_detox.atomic import write_json_atomic, write_text_atomic
 from megatron_detox.errors import UserError
-from megatron_detox.evaluate.io import iter_jsonl, read_json, write_json_atomic, write_text_atomic
+from megatron_detox.evaluate.io import iter_jsonl, read_json
 from megatron_detox.evaluate.prompts import TOXIC_THRESHOLD
 
 EVAL_FILES = {"toxicity": "metrics.json", "perplexity": "perplexity.json", "bold": "bold.json",
@@ -113,7 +114,7 @@ def build_report(folders: list[str | Path], out: str | Path) -> Path:
         (figure_dir / f"{stem}.png").write_bytes(png)
     for run in runs:
         write_json_atomic(out / "runs" / f"{run.name.replace('/', '__')}.json",
-                          {"name": run.name, "folder": str(run.folder), **run.metrics})
+                          {"name": run.name, "folder": str(run.folder), **run.metrics}, sort_keys=False)
     sections = _sections(runs)
     write_text_atomic(out / "report.md", _markdown(runs, sections, figures))
     html_path = out / "report.html"

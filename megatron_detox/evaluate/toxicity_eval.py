@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from megatron_detox.atomic import check_run_settings, write_json_atomic, write_text_atomic
 from megatron_detox.errors import UserError
-from megatron_detox.evaluate.io import iter_jsonl, write_json_atomic, write_text_atomic
+from megatron_detox.evaluate.io import iter_jsonl
 from megatron_detox.evaluate.prompts import RtpPrompt
 from megatron_detox.evaluate.rtp_metrics import compute_toxicity_metrics, is_score, per_prompt_rows
 
@@ -108,7 +109,7 @@ def metrics_from_scored(
 def write_metrics(out_dir: Path, metrics: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     write_text_atomic(out_dir / PER_PROMPT_FILE, "".join(json.dumps(row) + "\n" for row in rows))
     # metrics.json last: its presence means the step finished.
-    write_json_atomic(out_dir / METRICS_FILE, metrics)
+    write_json_atomic(out_dir / METRICS_FILE, metrics, sort_keys=False)
 
 
 def summary_lines(metrics: dict[str, Any]) -> list[str]:
@@ -143,16 +144,7 @@ after a kill continues; a finished run is left as it is)."""
 
 def check_settings(out_dir: Path, settings: dict[str, Any]) -> None:
     """Refuse to resume a run folder made with other settings (it would mix two runs)."""
-    path = out_dir / SETTINGS_FILE
-    if path.is_file():
-        previous = json.loads(path.read_text(encoding="utf-8"))
-        changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
-        if changed:
-            key = changed[0]
-            raise UserError(f"{path}: this folder holds a run with {key}={previous.get(key)!r}, not "
-                            f"{settings.get(key)!r}; pass a new --out folder (or delete this one)")
-        return
-    write_json_atomic(path, settings)
+    check_run_settings(out_dir / SETTINGS_FILE, settings, "pass a new --out folder (or delete this one)")
 
 
 def run_toxicity_eval(
@@ -187,5 +179,5 @@ def run_toxicity_eval(
                                   expected_samples=samples, num_bootstrap=num_bootstrap, seed=seed)
     metrics["scoring"] = summary.as_dict()
     metrics["settings"] = settings
-    write_json_atomic(out / METRICS_FILE, metrics)
+    write_json_atomic(out / METRICS_FILE, metrics, sort_keys=False)
     return metrics

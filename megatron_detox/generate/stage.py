@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from megatron_detox.atomic import write_json_atomic
 from megatron_detox.errors import UserError
 from megatron_detox.generate.engine import decode_one_token, generate_batch, kv_cache_bytes
 from megatron_detox.generate.prompts import WorkItem
@@ -31,7 +32,6 @@ from megatron_detox.generate.writer import (
     merge_shards,
     read_metrics,
     shard_path,
-    write_json_atomic,
 )
 from megatron_detox.models.gpt import Transformer
 from megatron_detox.tokenizers.base import Tokenizer

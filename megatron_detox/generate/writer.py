@@ -21,36 +21,18 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from megatron_detox import atomic
 from megatron_detox.errors import UserError
 
 Record = dict[str, Any]
 RECORD_KEYS = ("id", "prompt_index", "sample_index", "prompt", "text", "num_tokens", "finish_reason")
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON via a temp file in the same folder and an atomic rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def check_run_settings(out_dir: Path, settings: dict[str, Any]) -> None:
     """Record the settings of this run, or refuse to resume a run made with others."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "run.json"
-    if path.is_file():
-        previous = json.loads(path.read_text(encoding="utf-8"))
-        changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
-        if changed:
-            key = changed[0]
-            raise UserError(f"{path}: this folder holds a run with {key}={previous.get(key)!r}, not "
-                            f"{settings.get(key)!r}; rerun with the same settings or use another --out")
-        return
-    write_json_atomic(path, settings)  # every rank writes identical content; rename is atomic
+    # Every rank writes identical content; the rename is atomic.
+    atomic.check_run_settings(out_dir / "run.json", settings, "rerun with the same settings or use another --out")
 
 
 def _read_lines(path: Path) -> list[Record]:

@@ -17,14 +17,9 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from megatron_detox.atomic import atomic_output, write_json_atomic
 from megatron_detox.errors import UserError
-from megatron_detox.scoring.records import (
-    atomic_output,
-    check_distinct,
-    dump_record,
-    iter_jsonl,
-    write_json_atomic,
-)
+from megatron_detox.scoring.records import check_distinct, dump_record, iter_jsonl
 
 PERCENTILES = (1, 5, 10, 25, 50, 75, 90, 95, 99)
 STATS_NAME = "filter_stats.json"

@@ -8,11 +8,9 @@ complete result or absent.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from megatron_detox.errors import UserError, where
 
@@ -66,46 +64,6 @@ def dump_record(record: dict[str, Any]) -> str:
     except UnicodeEncodeError:
         line = json.dumps(record)  # "\\ud800" escapes keep the file valid UTF-8
     return line + "\n"
-
-
-@contextmanager
-def atomic_output(path: str | Path) -> Iterator[IO[str]]:
-    """Write ``path`` via ``path.tmp``: fsync, then rename; on error the temp file is removed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(path.name + ".tmp")
-    handle = temp.open("w", encoding="utf-8", newline="\n")
-    try:
-        yield handle
-        handle.flush()
-        os.fsync(handle.fileno())
-        handle.close()
-        os.replace(temp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        handle.close()
-        temp.unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write a small JSON document atomically."""
-    with atomic_output(path) as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def check_distinct(input_path: str | Path, output_path: str | Path) -> None:

@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
+from megatron_detox.atomic import write_text_atomic
 from megatron_detox.errors import UserError
 from megatron_detox.models.config import ModelConfig
 from megatron_detox.train.safe_dcp import safe_load
@@ -55,15 +56,6 @@ def model_shape(cfg: ModelConfig) -> dict[str, Any]:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- RNG states
@@ -111,14 +103,14 @@ def save_checkpoint(
     with warnings.catch_warnings():  # a single process without a process group is intended
         warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
         dcp.save(state, checkpoint_id=str(tmp), no_dist=not (dist.is_available() and dist.is_initialized()))
-    write_atomic(tmp / f"rng_rank{rank}.json", json.dumps(rng_state()))
+    write_text_atomic(tmp / f"rng_rank{rank}.json", json.dumps(rng_state()))
     barrier()
     if rank == 0:
-        write_atomic(tmp / META, json.dumps({"format_version": FORMAT_VERSION, "step": step, **meta}, indent=1))
+        write_text_atomic(tmp / META, json.dumps({"format_version": FORMAT_VERSION, "step": step, **meta}, indent=1))
         if final.exists():  # a rerun re-saving a step whose rename happened but whose `latest` did not
             shutil.rmtree(final)
         os.replace(tmp, final)
-        write_atomic(root / LATEST, final.name + "\n")
+        write_text_atomic(root / LATEST, final.name + "\n")
         prune_checkpoints(root, keep_last)
     barrier()
     return final

@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from megatron_detox.atomic import write_text_atomic
 from megatron_detox.config import RunConfig, dump_yaml
 from megatron_detox.data import sample_batch
 from megatron_detox.errors import UserError
@@ -40,7 +41,6 @@ from megatron_detox.train.checkpoint import (
     read_meta,
     remove_partial_checkpoints,
     save_checkpoint,
-    write_atomic,
 )
 from megatron_detox.train.loss_scale import DynamicLossScaler, scale_gradients_at
 from megatron_detox.train.metrics import MetricsWriter, memory_gib, train_flops_per_token
@@ -173,7 +173,7 @@ def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         remove_partial_checkpoints(run_dir)
-        write_atomic(run_dir / "config.yaml", dump_yaml(cfg))
+        write_text_atomic(run_dir / "config.yaml", dump_yaml(cfg))
     barrier()
 
     ckpt = latest_checkpoint(run_dir)
