@@ -29,6 +29,7 @@ from tqdm import tqdm
 from megatron_detox.atomic import write_text_atomic
 from megatron_detox.data.megatron_core import IndexedDatasetBuilder, optimal_dtype
 from megatron_detox.errors import UserError
+from megatron_detox.jsonl import get_dotted
 from megatron_detox.tokenizers.base import Tokenizer
 
 CHUNK_LINES = 512
@@ -90,12 +91,12 @@ def _extract_text(text: str, key: str) -> list[str] | str:
         record: Any = json.loads(text)
     except json.JSONDecodeError as error:
         return f"malformed JSON ({error.msg} at column {error.colno})"
-    for part in [key] if not isinstance(record, dict) or key in record else key.split("."):
-        if not isinstance(record, dict):
-            return f"expected a JSON object with key {key!r}"
-        if part not in record:
-            return f"missing key {key!r}"
-        record = record[part]
+    if not isinstance(record, dict):
+        return f"expected a JSON object with key {key!r}"
+    try:
+        record = get_dotted(record, key)
+    except KeyError:
+        return f"missing key {key!r}"
     if not isinstance(record, str):
         return f"key {key!r} is {type(record).__name__}, expected a string"
     return [record]

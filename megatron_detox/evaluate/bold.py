@@ -168,7 +168,7 @@ def _continuation_toxicity(
     prompts: dict[str, list[str]], work: Path, generate: Callable[[Sequence[str], Path], Path],
     scorer: Any, max_per_group: int | None, seed: int,
 ) -> dict[str, Any]:
-    from megatron_detox.evaluate.io import iter_jsonl
+    from megatron_detox.jsonl import iter_jsonl
     from megatron_detox.scoring import ScoreCache, score_file
 
     texts: list[str] = []

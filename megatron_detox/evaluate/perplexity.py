@@ -27,7 +27,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from megatron_detox.errors import UserError
-from megatron_detox.evaluate.io import iter_jsonl
+from megatron_detox.jsonl import iter_jsonl
 
 LogitsFn = Callable[[Tensor], Tensor]
 """``tokens [batch, seq] -> logits [batch, seq, vocab]`` (a ``Transformer`` is one)."""

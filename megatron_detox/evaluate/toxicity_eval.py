@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from megatron_detox.atomic import check_run_settings, write_json_atomic, write_text_atomic
 from megatron_detox.errors import UserError
-from megatron_detox.evaluate.io import iter_jsonl
 from megatron_detox.evaluate.prompts import RtpPrompt
 from megatron_detox.evaluate.rtp_metrics import compute_toxicity_metrics, is_score, per_prompt_rows
+from megatron_detox.jsonl import iter_jsonl
 
 if TYPE_CHECKING:
     from megatron_detox.scoring import Scorer

@@ -7,12 +7,11 @@ prompt file, ``id = sample_index`` for unconditional samples. ``prompt_index`` i
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from megatron_detox.errors import UserError
+from megatron_detox.jsonl import get_dotted, iter_jsonl
 
 
 @dataclass(frozen=True)
@@ -24,15 +23,6 @@ class WorkItem:
     prompt: str
 
 
-def _lookup(record: Any, key: str) -> Any:
-    node = record
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise KeyError(part)
-        node = node[part]
-    return node
-
-
 def read_prompts(path: str | Path, key: str = "prompt.text", allow_empty: bool = False) -> list[str]:
     """Prompt texts, one per line of a JSONL file, taken from the dotted ``key``.
 
@@ -40,33 +30,20 @@ def read_prompts(path: str | Path, key: str = "prompt.text", allow_empty: bool =
     is a ``UserError`` naming the file and 1-based line; no line is silently skipped.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: prompt file not found")
     prompts: list[str] = []
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            where = f"{path}:{number}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise UserError(f"{where}: not UTF-8 (byte {exc.start}); re-encode the file as UTF-8") from None
-            if not line.strip():
-                raise UserError(f"{where}: empty line; every line must be a JSON object with {key!r}")
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
-            try:
-                text = _lookup(record, key)
-            except KeyError:
-                raise UserError(f"{where}: field {key!r} is missing; pass --prompt-key with the right "
-                                f"dotted key") from None
-            if not isinstance(text, str):
-                raise UserError(f"{where}: field {key!r} is {type(text).__name__}, expected a string")
-            if not text.strip() and not allow_empty:
-                raise UserError(f"{where}: field {key!r} is an empty prompt; remove it or pass "
-                                f"--allow-empty-prompts to generate from BOS")
-            prompts.append(text)
+    for number, record in iter_jsonl(path, allow_blank=False):  # prompt_index = line - 1
+        where = f"{path}:{number}"
+        try:
+            text = get_dotted(record, key)
+        except KeyError:
+            raise UserError(f"{where}: field {key!r} is missing; pass --prompt-key with the right "
+                            f"dotted key") from None
+        if not isinstance(text, str):
+            raise UserError(f"{where}: field {key!r} is {type(text).__name__}, expected a string")
+        if not text.strip() and not allow_empty:
+            raise UserError(f"{where}: field {key!r} is an empty prompt; remove it or pass "
+                            f"--allow-empty-prompts to generate from BOS")
+        prompts.append(text)
     if not prompts:
         raise UserError(f"{path}: no prompts in the file")
     return prompts

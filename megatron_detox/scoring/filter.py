@@ -19,7 +19,8 @@ from typing import Any
 
 from megatron_detox.atomic import atomic_output, write_json_atomic
 from megatron_detox.errors import UserError
-from megatron_detox.scoring.records import check_distinct, dump_record, iter_jsonl
+from megatron_detox.jsonl import iter_jsonl
+from megatron_detox.scoring.records import check_distinct, dump_record
 
 PERCENTILES = (1, 5, 10, 25, 50, 75, 90, 95, 99)
 STATS_NAME = "filter_stats.json"

@@ -29,10 +29,11 @@ from tqdm import tqdm
 
 from megatron_detox.atomic import atomic_output
 from megatron_detox.errors import UserError
+from megatron_detox.jsonl import get_dotted, iter_jsonl
 from megatron_detox.scoring.base import EMPTY_TEXT_ERROR, ScoreOutcome, Scorer
 from megatron_detox.scoring.cache import ScoreCache, attributes_key
-from megatron_detox.scoring.records import check_distinct, count_lines, dump_record, iter_jsonl
-from megatron_detox.scoring.text import get_dotted, text_sha256
+from megatron_detox.scoring.records import check_distinct, count_lines, dump_record
+from megatron_detox.scoring.text import text_sha256
 
 OUTPUT_KEYS = ("scores", "scorer", "score_error", "truncated_bytes")
 

@@ -1,50 +1,13 @@
-"""JSONL input/output for scoring and filtering: strict reading, atomic writing.
-
-Reading names the file and line of any bad record (``UserError``); writing goes
-to ``<output>.tmp``, is fsync'ed and renamed, so an output file is either the
-complete result or absent.
-"""
+"""JSONL output helpers for scoring and filtering (reading: ``megatron_detox.jsonl``,
+atomic writing: ``megatron_detox.atomic``)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from megatron_detox.errors import UserError, where
-
-
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(line number, record)`` for each non-blank line; every line must be a JSON object."""
-    path = Path(path)
-    try:
-        handle = path.open("rb")
-    except FileNotFoundError:
-        raise UserError(f"{path}: input file not found: check --input") from None
-    except OSError as error:
-        raise UserError(f"{path}: cannot open input ({error.strerror})") from None
-    with handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise UserError(
-                    f"{where(path, number)}: not valid UTF-8 (byte {error.start} of the line): "
-                    "re-encode the file as UTF-8"
-                ) from None
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise UserError(
-                    f"{where(path, number)}: malformed JSON ({error.msg} at column {error.colno}): "
-                    "fix or remove the line"
-                ) from None
-            if not isinstance(record, dict):
-                raise UserError(f"{where(path, number)}: expected a JSON object per line, got {type(record).__name__}")
-            yield number, record
+from megatron_detox.errors import UserError
 
 
 def count_lines(path: str | Path) -> int:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
-from typing import Any
 
 _MISSING = object()
 
@@ -37,16 +35,3 @@ def truncate_utf8(text: str, max_bytes: int) -> tuple[str, int | None]:
     return prefix.decode("utf-8", "surrogatepass"), len(prefix)
 
 
-def get_dotted(record: Mapping[str, Any], key: str) -> Any:
-    """``record["a"]["b"]`` for ``key="a.b"``; a literal key containing dots wins.
-
-    Raises ``KeyError`` naming the first missing part.
-    """
-    if key in record:
-        return record[key]
-    value: Any = record
-    for part in key.split("."):
-        if not isinstance(value, Mapping) or part not in value:
-            raise KeyError(part)
-        value = value[part]
-    return value

@@ -44,7 +44,7 @@ def test_missing_toxicity_is_allowed_but_bad_values_are_not(tmp_path: Path) -> N
     with pytest.raises(UserError, match=r"p.jsonl:1: field 'prompt.toxicity'"):
         load_rtp_prompts(path)
     _write(path, ['{"prompt": {"text": "a"'])
-    with pytest.raises(UserError, match=r"p.jsonl:1: invalid JSON"):
+    with pytest.raises(UserError, match=r"p.jsonl:1: malformed JSON"):
         load_rtp_prompts(path)
     with pytest.raises(UserError, match="not found"):
         load_rtp_prompts(tmp_path / "nope.jsonl")

@@ -27,7 +27,7 @@ def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, 
     (b'{"prompt": {"text": "a"}}\n{"prompt": \n', "prompts.jsonl:2: malformed JSON"),
     (b'{"prompt": {"text": "a"}}\n{"text": "b"}\n', "prompts.jsonl:2: field 'prompt.text' is missing"),
     (b'{"prompt": {"text": ""}}\n', "prompts.jsonl:1: field 'prompt.text' is an empty prompt"),
-    (b'{"prompt": {"text": "\xc3\x28"}}\n', "prompts.jsonl:1: not UTF-8"),
+    (b'{"prompt": {"text": "\xc3\x28"}}\n', "prompts.jsonl:1: not valid UTF-8"),
 ])
 def test_bad_prompt_file_exits_2_with_one_line(tmp_path: Path, tiny_hf_folder: Path, content: bytes, words: str,
                                                capsys: pytest.CaptureFixture[str]) -> None:

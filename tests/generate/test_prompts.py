@@ -30,7 +30,7 @@ def test_reads_dotted_key_and_numbers_items(tmp_path: Path) -> None:
     (b'{"prompt": {"text": "ok"}}\n{"prompt": {"text": "ok"\n', 2, "malformed JSON"),
     (b'{"prompt": {"text": "ok"}}\n{"prompt": {"txt": "no"}}\n', 2, "'prompt.text' is missing"),
     (b'{"prompt": {"text": "ok"}}\n{"prompt": {"text": "  "}}\n', 2, "empty prompt"),
-    (b'{"prompt": {"text": "ok"}}\n{"prompt": {"text": "\xff\xfe"}}\n', 2, "not UTF-8"),
+    (b'{"prompt": {"text": "ok"}}\n{"prompt": {"text": "\xff\xfe"}}\n', 2, "not valid UTF-8"),
     (b'{"prompt": {"text": 3}}\n', 1, "expected a string"),
     (b'{"prompt": {"text": "a"}}\n\n{"prompt": {"text": "b"}}\n', 2, "empty line"),
 ])

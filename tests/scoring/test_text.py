@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from megatron_detox.scoring.text import encode_utf8, get_dotted, text_sha256, truncate_utf8
+from megatron_detox.jsonl import get_dotted
+from megatron_detox.scoring.text import encode_utf8, text_sha256, truncate_utf8
 
 
 @pytest.mark.parametrize("text", ["héllo wörld", "日本語のテキスト", "emoji 😀😀😀 end", "a\ud800b"])
