@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 import tokenizers
+import torch
 from tokenizers import decoders, pre_tokenizers, trainers
 
+from megatron_detox.generate.engine import generate_batch
 from megatron_detox.models import ModelConfig, Transformer
 from megatron_detox.models.init import init_weights
 from megatron_detox.tokenizers.base import HFTokenizer
@@ -36,6 +38,20 @@ def tiny_model(cfg: ModelConfig, seed: int = 7) -> Transformer:
     model = Transformer(cfg)
     init_weights(model, cfg, seed)
     return model.eval()
+
+
+def ragged_prompts(n: int, vocab_size: int, seed: int = 0, max_length: int = 11) -> list[list[int]]:
+    """``n`` prompts of 1..max_length random ids in [1, vocab_size)."""
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, max_length + 1, (n,), generator=gen).tolist()
+    return [torch.randint(1, vocab_size, (length,), generator=gen).tolist() for length in lengths]
+
+
+def run(model, prompts, ids, params, new=10, stops=(), seed=5):  # type: ignore[no-untyped-def]
+    """``generate_batch`` with the model's own sizes."""
+    cfg = model.config
+    return generate_batch(model, prompts, ids, params, max_new_tokens=new, vocab_size=cfg.vocab_size,
+                          head_dim=cfg.head_dim, stop_ids=stops, seed=seed)
 
 
 def train_tokenizer() -> tokenizers.Tokenizer:

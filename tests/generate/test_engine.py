@@ -8,21 +8,9 @@ import torch
 from megatron_detox.generate.engine import GenerationCache, generate_batch
 from megatron_detox.generate.sampling import SamplingParams
 
-from .conftest import tiny_config, tiny_model
+from .conftest import ragged_prompts, run, tiny_config, tiny_model
 
 VOCAB = 100
-
-
-def ragged_prompts(n: int, seed: int = 0) -> list[list[int]]:
-    gen = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(1, 12, (n,), generator=gen).tolist()
-    return [torch.randint(1, VOCAB, (length,), generator=gen).tolist() for length in lengths]
-
-
-def run(model, prompts, ids, params, new=10, stops=(), seed=5):  # type: ignore[no-untyped-def]
-    cfg = model.config
-    return generate_batch(model, prompts, ids, params, max_new_tokens=new, vocab_size=cfg.vocab_size,
-                          head_dim=cfg.head_dim, stop_ids=stops, seed=seed)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt"])
@@ -31,7 +19,7 @@ def test_cached_greedy_equals_recomputation(family: str) -> None:
     changes = {} if family == "llama" else dict(position_embedding="learned", normalization="layernorm",
                                                 activation="gelu", add_bias_linear=True, num_query_groups=None)
     model = tiny_model(tiny_config(VOCAB, **changes))
-    prompts = ragged_prompts(6)
+    prompts = _prompts(6)
     results = run(model, prompts, list(range(6)), SamplingParams(greedy=True), new=12)
     for prompt, result in zip(prompts, results):
         seq = list(prompt)
@@ -54,13 +42,13 @@ def test_padded_vocab_never_generated() -> None:
     with torch.no_grad():
         assert int(model(torch.tensor([[1, 2, 3]]))[0, -1].argmax()) >= VOCAB
     for params in (SamplingParams(greedy=True), SamplingParams(top_p=0.9), SamplingParams(top_k=3)):
-        for result in run(model, ragged_prompts(4), list(range(4)), params):
+        for result in run(model, _prompts(4), list(range(4)), params):
             assert max(result.tokens) < VOCAB
 
 
 def test_sampled_text_independent_of_batch_size_and_composition() -> None:
     model = tiny_model(tiny_config(VOCAB))
-    prompts = ragged_prompts(7, seed=3)
+    prompts = _prompts(7, seed=3)
     params = SamplingParams(top_p=0.9, temperature=1.0)
     stops = (7,)
     full = run(model, prompts, list(range(7)), params, new=16, stops=stops)
@@ -80,7 +68,7 @@ def test_sampled_text_independent_of_batch_size_and_composition() -> None:
 
 def test_eos_stops_rows_and_compaction_keeps_the_rest_exact() -> None:
     model = tiny_model(tiny_config(VOCAB))
-    prompts = ragged_prompts(8, seed=1)
+    prompts = _prompts(8, seed=1)
     params = SamplingParams(greedy=True)
     free = run(model, prompts, list(range(8)), params, new=12)
     # Stop on tokens that some rows produce early, so rows finish at different steps
@@ -153,3 +141,7 @@ def test_greedy_matches_transformers_on_smollm2(smollm2) -> None:  # type: ignor
                               do_sample=False, max_new_tokens=10, eos_token_id=None, pad_token_id=0)
         assert result.tokens == out[0, len(prompt):].tolist()
     assert "Paris" in tokenizer.decode(ours[0].tokens)
+
+
+def _prompts(n: int, seed: int = 0) -> list[list[int]]:
+    return ragged_prompts(n, VOCAB, seed, max_length=11)

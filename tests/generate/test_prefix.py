@@ -15,7 +15,7 @@ from megatron_detox.models.kv_cache import KVCache
 from megatron_detox.models.loading import build_model
 from megatron_detox.peft import PrefixKV, apply_prefix, prefix_length
 
-from .conftest import tiny_config
+from .conftest import ragged_prompts, run, tiny_config
 
 VOCAB = 100
 PREFIX = 5
@@ -42,18 +42,6 @@ def prefixed(cfg: ModelConfig, length: int = PREFIX, reparameterize: bool = Fals
     return model.eval()
 
 
-def ragged_prompts(n: int, seed: int = 0) -> list[list[int]]:
-    gen = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(1, 10, (n,), generator=gen).tolist()
-    return [torch.randint(1, VOCAB, (length,), generator=gen).tolist() for length in lengths]
-
-
-def run(model, prompts, ids, params, new=10, stops=(), seed=5):  # type: ignore[no-untyped-def]
-    cfg = model.config
-    return generate_batch(model, prompts, ids, params, max_new_tokens=new, vocab_size=cfg.vocab_size,
-                          head_dim=cfg.head_dim, stop_ids=stops, seed=seed)
-
-
 def recompute_greedy(model: Transformer, prompt: list[int], new: int) -> list[int]:
     """No cache, no padding: ``model(tokens)`` prepends the prefix to keys/values itself."""
     seq = list(prompt)
@@ -68,7 +56,7 @@ def test_cached_greedy_with_prefix_equals_recomputation(family: str, reparameter
     cfg = family_config(family)
     model = prefixed(cfg, reparameterize=reparameterize)
     assert prefix_length(model) == PREFIX
-    prompts = ragged_prompts(5)
+    prompts = _prompts(5)
     assert len({len(p) for p in prompts}) > 1  # ragged: left padding next to the prefix columns
     results = run(model, prompts, list(range(5)), SamplingParams(greedy=True), new=12)
     for prompt, result in zip(prompts, results, strict=True):
@@ -82,7 +70,7 @@ def test_cached_greedy_with_prefix_equals_recomputation(family: str, reparameter
 
 def test_eos_compaction_with_prefix_keeps_rows_exact() -> None:
     model = prefixed(family_config("llama"))
-    prompts = ragged_prompts(8, seed=1)
+    prompts = _prompts(8, seed=1)
     params = SamplingParams(greedy=True)
     free = run(model, prompts, list(range(8)), params, new=12)
     stops = {g.tokens[1] for g in free[:3]}  # rows stop at different steps: the cache is compacted
@@ -101,7 +89,7 @@ def test_eos_compaction_with_prefix_keeps_rows_exact() -> None:
 @pytest.mark.parametrize("family", ["llama", "gpt"])
 def test_sampled_with_prefix_independent_of_batch_size(family: str) -> None:
     model = prefixed(family_config(family))
-    prompts = ragged_prompts(3, seed=4)
+    prompts = _prompts(3, seed=4)
     params = SamplingParams(top_p=0.9, temperature=1.0)
     together = run(model, prompts, [10, 11, 12], params, new=14)
     alone = [run(model, [p], [i], params, new=14)[0] for p, i in zip(prompts, [10, 11, 12], strict=True)]
@@ -115,7 +103,7 @@ def test_no_prefix_output_unchanged() -> None:
     base = build_model(cfg, seed=7).eval()
     empty = prefixed(copy.deepcopy(cfg), length=0)
     assert prefix_length(base) == 0 and prefix_length(empty) == 0
-    prompts = ragged_prompts(4, seed=2)
+    prompts = _prompts(4, seed=2)
     for params in (SamplingParams(greedy=True), SamplingParams(top_p=0.9)):
         expected = run(base, prompts, list(range(4)), params)
         assert [g.tokens for g in run(empty, prompts, list(range(4)), params)] == [g.tokens for g in expected]
@@ -162,3 +150,7 @@ def test_parallel_prefix_equals_single_process(layout: str) -> None:
 
     expected = generate_both(prefixed(family_config("llama")))
     assert run_distributed(parallel_worker, 2, layout) == [expected, expected]
+
+
+def _prompts(n: int, seed: int = 0) -> list[list[int]]:
+    return ragged_prompts(n, VOCAB, seed, max_length=9)
