@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from megatron_detox.generate.engine import output_detached, vocab_logits
 from megatron_detox.models.gpt import Transformer
 from megatron_detox.models.kv_cache import KVCache
 
@@ -60,14 +61,10 @@ class PipelineDecoder:
             dist.recv(x, group=self.group, group_src=self.stage - 1)
         last = self.stage == self.num_stages - 1
         if last:
-            output = self.part.output
-            self.part.output = None  # project only the last slot (prefill needs no more)
-            try:
+            with output_detached(self.part) as output:  # project only the last slot (prefill needs no more)
                 hidden = self.part(x, positions, mask, cache, cache_pos)
-            finally:
-                self.part.output = output
             assert output is not None
-            logits = output(hidden[:, -1:]).contiguous()  # [batch, 1, padded_vocab]
+            logits = vocab_logits(output, hidden[:, -1])[:, None].contiguous()  # [batch, 1, padded_vocab]
         else:
             dist.send(self.part(x, positions, mask, cache, cache_pos).contiguous(), group=self.group,
                       group_dst=self.stage + 1)

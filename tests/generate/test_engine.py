@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
-from megatron_detox.generate.engine import GenerationCache, generate_batch
+from megatron_detox.generate.engine import VOCAB_CHUNK_ROWS, GenerationCache, generate_batch, vocab_logits
 from megatron_detox.generate.sampling import SamplingParams
 
 from .conftest import ragged_prompts, run, tiny_config, tiny_model
@@ -145,3 +146,11 @@ def test_greedy_matches_transformers_on_smollm2(smollm2) -> None:  # type: ignor
 
 def _prompts(n: int, seed: int = 0) -> list[list[int]]:
     return ragged_prompts(n, VOCAB, seed, max_length=11)
+
+
+def test_vocab_projection_in_slices_equals_one_gemm() -> None:
+    output = nn.Linear(16, 2 * VOCAB_CHUNK_ROWS + 300)  # two full slices and a partial one, with bias
+    last = torch.randn(3, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(vocab_logits(output, last), output(last))
+    assert vocab_logits(None, last) is last  # a model that returned logits itself

@@ -50,12 +50,13 @@ def test_greedy_is_argmax() -> None:
 ])
 def test_matches_sort_reference(params: SamplingParams) -> None:
     gen = torch.Generator().manual_seed(1)
-    # Peaked rows (nucleus within the first candidates) and flat rows (a nucleus of
-    # thousands of tokens, the threshold path) in one batch.
+    # Peaked rows (a nucleus of a few tokens), flat rows (thousands: the threshold
+    # widens several times) and a row of ties, in one batch.
     peaked = torch.randn(6, 5000, generator=gen) * 4.0
     flat = torch.randn(6, 5000, generator=gen) * 0.2
-    logits = torch.cat([peaked, flat])
-    u = torch.rand(12, generator=gen, dtype=torch.float64)
+    tied = torch.zeros(1, 5000)  # every token ties with the last one kept: all are in
+    logits = torch.cat([peaked, flat, tied])
+    u = torch.rand(13, generator=gen, dtype=torch.float64)
     got = sample_next(logits, params, 5000, u)
     assert torch.equal(got, reference_sample(logits, params, u))
 
