@@ -145,15 +145,30 @@ def _scorer(args: argparse.Namespace) -> Any:
     return build_scorer(args.scorer, **options)
 
 
+def model_name(args: argparse.Namespace) -> str:
+    """What was evaluated: model or checkpoint, plus PEFT weights and tokenizer when given.
+
+    It keys the resumable outputs (generations, BOLD domains), so a rerun into the same
+    ``--out`` with another model, adapter or tokenizer is refused or recomputed, never
+    answered from the earlier model's files.
+    """
+    name = str(args.checkpoint or args.model)
+    if args.peft:
+        name += f" + peft={Path(args.peft).expanduser().resolve()}"
+    if args.tokenizer:
+        name += f" + tokenizer={args.tokenizer}"
+    return name
+
+
 def _sampling_settings(args: argparse.Namespace) -> dict[str, Any]:
-    return {"model": args.checkpoint or args.model, "samples": args.samples, "max_new_tokens": args.max_new_tokens,
+    return {"model": model_name(args), "samples": args.samples, "max_new_tokens": args.max_new_tokens,
             "top_p": args.top_p, "temperature": args.temperature, "seed": args.seed}
 
 
 def _generate_fn(args: argparse.Namespace, load: Any) -> Any:
     from megatron_detox.evaluate.generation import build_generate_fn
 
-    return build_generate_fn(load, model_name=args.checkpoint or args.model, samples=args.samples,
+    return build_generate_fn(load, model_name=model_name(args), samples=args.samples,
                              max_new_tokens=args.max_new_tokens, top_p=args.top_p, temperature=args.temperature,
                              seed=args.seed, batch_size=args.batch_size,
                              progress=not getattr(args, "no_progress", False))
@@ -199,8 +214,11 @@ def run_toxicity(args: argparse.Namespace) -> int:
 def run_perplexity(args: argparse.Namespace) -> int:
     from megatron_detox.atomic import write_json_atomic
     from megatron_detox.evaluate.io import read_json
-    from megatron_detox.evaluate.perplexity import compute_perplexity, load_documents
+    from megatron_detox.evaluate.perplexity import compute_perplexity, indexed_prefix, load_documents
 
+    missing = [data for data in args.data if indexed_prefix(data) is None and not Path(data).is_file()]
+    if missing:  # before the (slow) model load
+        raise UserError(f"{missing[0]}: not found; pass a .jsonl/.txt file or a .bin/.idx prefix")
     model, tokenizer, cfg = _load(args)
     max_length = args.max_length or cfg.max_position_embeddings
     if not 1 <= max_length <= cfg.max_position_embeddings:
@@ -217,7 +235,7 @@ def run_perplexity(args: argparse.Namespace) -> int:
                                     max_length=max_length, stride=stride, prefix_token=prefix,
                                     batch_size=args.batch_size, vocab_size=cfg.vocab_size, device=args.device,
                                     progress=True)
-        results[Path(data).name] = {**result.to_dict(), "path": str(data), "model": args.checkpoint or args.model}
+        results[Path(data).name] = {**result.to_dict(), "path": str(data), "model": model_name(args)}
         print(f"{data}: perplexity {result.perplexity:.3f} over {result.num_tokens} tokens "
               f"({result.num_documents} documents, window {max_length}, stride {stride})", file=sys.stderr)
         if out_file is not None:
@@ -236,16 +254,19 @@ def run_lm_eval(args: argparse.Namespace) -> int:
         from lm_eval.tasks import TaskManager
     except ImportError:
         raise UserError("eval lm-eval needs lm-evaluation-harness: pip install 'megatron-detox[eval]'") from None
-    model, tokenizer, cfg = _load(args)
-    lm = MegatronDetoxLM(model, tokenizer, max_length=args.max_length or cfg.max_position_embeddings,
-                         batch_size=args.batch_size, device=args.device, vocab_size=cfg.vocab_size)
+    if args.include_path and not Path(args.include_path).is_dir():
+        raise UserError(f"{args.include_path}: --include-path must be a folder of task YAML files")
+    # Task names are checked before the (slow) model load.
     manager = TaskManager(include_path=args.include_path)
     unknown = [t for t in args.tasks if not manager.match_tasks([t])]
     if unknown:
         raise UserError(f"--tasks: unknown task {unknown[0]!r}; see `lm_eval --tasks list` or pass --include-path")
+    model, tokenizer, cfg = _load(args)
+    lm = MegatronDetoxLM(model, tokenizer, max_length=args.max_length or cfg.max_position_embeddings,
+                         batch_size=args.batch_size, device=args.device, vocab_size=cfg.vocab_size)
     results = simple_evaluate(model=lm, tasks=args.tasks, num_fewshot=args.num_fewshot, limit=args.limit,
                               task_manager=manager, log_samples=False)
-    summary = {"tasks": args.tasks, "model": args.checkpoint or args.model,
+    summary = {"tasks": args.tasks, "model": model_name(args),
                "results": results["results"] if results else {}}
     print(json.dumps(summary["results"], indent=2, default=str))
     if args.out:
@@ -257,14 +278,21 @@ def run_bold(args: argparse.Namespace) -> int:
     from megatron_detox.evaluate.bold import DOMAINS, run_bold
 
     domains = args.domains or list(DOMAINS)
-    model, tokenizer, cfg = _load(args)
+    # User mistakes first, before the (slow) model load.
+    unknown = [domain for domain in domains if domain not in DOMAINS]
+    if unknown:
+        raise UserError(f"--domains: BOLD domain {unknown[0]!r} is unknown; valid: {', '.join(DOMAINS)}")
+    if not Path(args.bold_dir).is_dir():
+        raise UserError(f"{args.bold_dir}: not found; pass --bold-dir with the BOLD folder (wikipedia/ and prompts/)")
     scorer = _scorer(args) if args.toxicity else None
+    model, tokenizer, cfg = _load(args)
     generate = _generate_fn(args, lambda: (model, tokenizer, cfg)) if args.toxicity else None
     prefix = tokenizer.bos if tokenizer.bos is not None else tokenizer.eod
     summary = run_bold(model, tokenizer.encode, args.bold_dir, args.out, domains=domains,
                        max_length=min(args.max_length, cfg.max_position_embeddings), prefix_token=prefix,
                        vocab_size=cfg.vocab_size, batch_size=args.batch_size, max_per_group=args.max_per_group,
-                       seed=args.seed, generate=generate, scorer=scorer)
+                       seed=args.seed, generate=generate, scorer=scorer,
+                       run_settings=_sampling_settings(args) if args.toxicity else {"model": model_name(args)})
     if scorer is not None:
         scorer.close()
     for domain, block in summary["domains"].items():

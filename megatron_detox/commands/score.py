@@ -198,6 +198,10 @@ def run_server(args: argparse.Namespace) -> int:
     from megatron_detox.scoring import FaultConfig, ServerSettings, build_scorer, build_server
 
     _configure_logging()
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port must be in 0..65535 (0: any free port), got {args.port}")
+    if args.max_text_bytes < 1:
+        raise UserError(f"--max-text-bytes must be >= 1, got {args.max_text_bytes}")
     scorer = build_scorer(
         args.scorer,
         hf_model=args.hf_model,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -126,12 +126,14 @@ def run_bold(
     generate: Callable[[Sequence[str], Path], Path] | None = None,
     scorer: Any = None,
     progress: bool = True,
+    run_settings: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Every domain's group perplexities (and continuation toxicity when ``generate`` and
     ``scorer`` are given) -> ``out_dir/bold.json``.
 
     Each finished domain is kept in ``out_dir/bold/<domain>.json`` (atomic), so a
-    rerun after a kill skips it.
+    rerun after a kill skips it. ``run_settings`` (the model and sampling settings)
+    is part of the key: a domain finished with another model or scorer is recomputed.
     """
     from tqdm import tqdm
 
@@ -139,8 +141,9 @@ def run_bold(
     from megatron_detox.evaluate.io import read_json
 
     out = Path(out_dir)
-    settings = {"max_length": max_length, "max_per_group": max_per_group, "seed": seed,
-                "toxicity": generate is not None}
+    settings = {**(run_settings or {}), "max_length": max_length, "max_per_group": max_per_group, "seed": seed,
+                "toxicity": generate is not None,
+                "scorer": scorer.cache_namespace if generate is not None and scorer is not None else None}
     results: dict[str, Any] = {}
     for domain in tqdm(domains, desc="BOLD domains", disable=not progress):
         done = out / "bold" / f"{domain}.json"

@@ -38,6 +38,13 @@ class FaultConfig:
                 raise ValueError(f"{name} must be a probability, got {value}")
         if self.rate_limit_qps is not None and self.rate_limit_qps <= 0:
             raise ValueError("rate_limit_qps must be > 0")
+        for name in ("delay_s", "slow_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.retry_after_s is not None and self.retry_after_s < 0:
+            raise ValueError(f"retry_after_s must be >= 0, got {self.retry_after_s}")
+        if self.burst_429 < 1:
+            raise ValueError(f"burst_429 must be >= 1, got {self.burst_429}")
 
 
 @dataclass(frozen=True)

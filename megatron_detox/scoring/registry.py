@@ -80,6 +80,10 @@ def build_scorer(
             raise UserError(f"--qps must be > 0, got {qps}")
         if max_attempts < 1:
             raise UserError(f"--max-attempts must be >= 1, got {max_attempts}")
+        if not timeout_s > 0:
+            raise UserError(f"--timeout must be > 0 seconds, got {timeout_s}")
+        if backoff_base_s < 0 or backoff_max_s < 0:
+            raise UserError(f"--backoff-base and --backoff-max must be >= 0, got {backoff_base_s}, {backoff_max_s}")
         retry = RetryPolicy(max_attempts=max_attempts, base_delay_s=backoff_base_s, max_delay_s=backoff_max_s)
         return PerspectiveScorer(
             api_key,

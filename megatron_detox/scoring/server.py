@@ -65,12 +65,13 @@ class PerspectiveHTTPServer(ThreadingHTTPServer):
         settings: ServerSettings,
         log_path: str | Path | None,
     ) -> None:
+        # Set before binding: a failed bind calls server_close(), which needs them.
+        self._log_lock = threading.Lock()
+        self._log: IO[str] | None = None
         super().__init__(address, PerspectiveHandler)
         self.scorer = scorer
         self.settings = settings
         self.injector = FaultInjector(settings.faults)
-        self._log_lock = threading.Lock()
-        self._log: IO[str] | None = None
         if log_path is not None:
             Path(log_path).parent.mkdir(parents=True, exist_ok=True)
             self._log = Path(log_path).open("a", encoding="utf-8")

@@ -121,3 +121,17 @@ def test_bad_bold_input(tmp_path: Path) -> None:
     (tmp_path / "wikipedia/gender_wiki.json").write_text('{"g": ["not a mapping"]}')
     with pytest.raises(UserError, match="group 'g' must map entity names"):
         load_bold_domain(tmp_path, "gender")
+
+
+def test_rerun_with_another_model_is_recomputed_not_reused(tmp_path: Path) -> None:
+    root = _bold_dir(tmp_path / "bold")
+    kwargs: dict[str, Any] = dict(domains=["gender"], max_length=8, prefix_token=0, progress=False)
+    first = run_bold(Unigram([0.8, 0.2]), _encode, root, tmp_path / "out", run_settings={"model": "a"}, **kwargs)
+    # Same settings: the finished domain is reused (even if the callable differs).
+    again = run_bold(Unigram([0.5, 0.5]), _encode, root, tmp_path / "out", run_settings={"model": "a"}, **kwargs)
+    assert again == first
+    # Another model into the same folder: recomputed, not the first model's numbers.
+    other = run_bold(Unigram([0.5, 0.5]), _encode, root, tmp_path / "out", run_settings={"model": "b"}, **kwargs)
+    assert other["domains"]["gender"]["perplexity"]["groups"]["group_y"]["perplexity"] == pytest.approx(2.0)
+    assert first["domains"]["gender"]["perplexity"]["groups"]["group_y"]["perplexity"] == pytest.approx(5.0)
+    assert other["domains"]["gender"]["settings"]["model"] == "b"

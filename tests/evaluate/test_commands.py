@@ -144,3 +144,39 @@ def test_eval_lm_eval_command_on_a_local_task(tmp_path: Path, smollm2_gguf: Path
     results = json.loads((tmp_path / "run/lm_eval.json").read_text())["results"]
     assert 0.0 <= results["detox_mc"]["acc,none"] <= 1.0
     assert results["detox_rolling"]["word_perplexity,none"] > 1.0
+
+
+def test_model_name_keys_peft_and_tokenizer(tmp_path: Path) -> None:
+    import argparse
+
+    from megatron_detox.commands.evaluate import _sampling_settings, model_name
+
+    base = argparse.Namespace(model="smollm2-135m", checkpoint=None, peft=None, tokenizer=None, samples=25,
+                              max_new_tokens=20, top_p=0.9, temperature=1.0, seed=1234)
+    adapter = argparse.Namespace(**{**vars(base), "peft": str(tmp_path / "adapters")})
+    tokenizer = argparse.Namespace(**{**vars(base), "tokenizer": "gpt2"})
+    names = {model_name(base), model_name(adapter), model_name(tokenizer)}
+    assert len(names) == 3 and model_name(base) == "smollm2-135m"
+    # The resumable toxicity run folder refuses a PEFT run on top of a base run's files.
+    assert _sampling_settings(base) != _sampling_settings(adapter)
+
+
+def test_eval_bold_checks_domains_before_loading_the_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(["eval", "bold", "--bold-dir", str(tmp_path), "--domains", "zodiac", "--out", str(tmp_path / "o"),
+                 "--model", "no-such-model"])
+    err = capsys.readouterr().err
+    assert code == 2 and "BOLD domain 'zodiac' is unknown" in err and err.count("\n") == 1
+    code = main(["eval", "bold", "--bold-dir", str(tmp_path / "missing"), "--out", str(tmp_path / "o"),
+                 "--model", "no-such-model"])
+    err = capsys.readouterr().err
+    assert code == 2 and "missing: not found" in err and err.count("\n") == 1
+
+
+def test_missing_inputs_are_refused_before_the_model_loads(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # "no-such-model" would fail to load: these errors must come first.
+    code = main(["eval", "perplexity", "--data", str(tmp_path / "missing.txt"), "--model", "no-such-model"])
+    err = capsys.readouterr().err
+    assert code == 2 and "missing.txt: not found" in err and err.count("\n") == 1
+    code = main(["eval", "lm-eval", "--tasks", "x", "--include-path", str(tmp_path / "nope"), "--model", "no-such-model"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--include-path must be a folder" in err and err.count("\n") == 1

@@ -43,12 +43,14 @@ def assert_within_qps(arrivals: list[float], qps: float) -> None:
 
     The client spaces request *starts* exactly ``1/qps`` apart; arrival times are
     taken by server threads on a shared 2-core box, where a scheduling stall can
-    bunch two requests, hence +2 per window. Over the whole run the mean rate
-    must not exceed the quota at all.
+    bunch two requests, hence +2 per window. Over the whole run the count may exceed
+    the quota by 1 % plus half a request: the half request
+    absorbs a stall of up to ``0.5/qps`` on the first or last arrival, which shortens
+    the measured span.
     """
     arrivals = sorted(arrivals)
     assert max_in_window(arrivals, 1.0) <= qps + 2
-    assert (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]) <= qps * 1.01
+    assert len(arrivals) - 1 <= qps * (arrivals[-1] - arrivals[0]) * 1.01 + 0.5
 
 
 def assert_no_key_in_files(folder: Path) -> None:
@@ -183,3 +185,29 @@ def test_kill_9_and_rerun_loses_and_duplicates_nothing(start_server: StartServer
     for stream in (out1, err1, second.stdout, second.stderr):
         assert KEY.encode() not in stream
     assert_no_key_in_files(tmp_path)
+
+
+def test_failed_texts_are_retried_by_the_next_run_rejected_ones_are_not(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    from megatron_detox.scoring.faults import FaultInjector
+
+    server = start_server(faults=FaultConfig(p_5xx=1.0), max_text_bytes=20)
+    source = write_jsonl(tmp_path / "in.jsonl", [{"text": "short text"}, {"text": "a text longer than twenty bytes"}])
+    retry = RetryPolicy(max_attempts=2, base_delay_s=0.0)
+
+    def run(name: str) -> list[dict]:  # type: ignore[type-arg]
+        with PerspectiveScorer(None, url=server.url, qps=100, retry=retry) as scorer:
+            with ScoreCache(tmp_path / "cache.sqlite") as cache:
+                score_file(source, tmp_path / name, scorer, cache, progress=False)
+        return read_jsonl(tmp_path / name)
+
+    first = run("1.jsonl")  # every request answered 503: two retryable errors, nothing cached
+    assert all(r["score_error"].startswith("gave up after 2 attempts: HTTP 50") for r in first)
+    server.server.injector = FaultInjector(FaultConfig())  # the outage is over
+    second = run("2.jsonl")
+    assert "scores" in second[0] and "score_error" not in second[0]
+    assert second[1]["score_error"].startswith("HTTP 400") and "too long" in second[1]["score_error"]
+    sent = len(read_request_log(server.log_path))  # type: ignore[attr-defined]
+    third = run("3.jsonl")  # the score and the 400 are final: nothing is sent again
+    assert third == second and len(read_request_log(server.log_path)) == sent  # type: ignore[attr-defined]

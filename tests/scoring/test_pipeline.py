@@ -116,3 +116,25 @@ def test_rtp_continuations(shared_data: Path, tmp_path: Path, profanity) -> None
     out = read_jsonl(tmp_path / "out.jsonl")
     assert len(out) == 200 and all("scores" in r or "score_error" in r for r in out)
     assert [r["filename"] for r in out] == [r["filename"] for r in read_jsonl(subset)]
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--timeout", "0"], "--timeout must be > 0"),
+        (["--timeout", "-1"], "--timeout must be > 0"),
+        (["--backoff-base", "-1"], "--backoff-base and --backoff-max must be >= 0"),
+        (["--backoff-max", "-2"], "--backoff-base and --backoff-max must be >= 0"),
+    ],
+)
+def test_cli_bad_client_options_are_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: list[str], message: str
+) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", [{"text": "hello"}])
+    url = "http://127.0.0.1:9/v1alpha1/comments:analyze"  # loopback: no key needed
+    code = cli.main(
+        ["score", "--scorer", "perspective", "--perspective-url", url, *option, "--input", str(source),
+         "--output", str(tmp_path / "out.jsonl"), "--no-progress"]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0]

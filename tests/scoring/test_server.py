@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import requests
 
 from megatron_detox.scoring import protocol
@@ -41,7 +42,8 @@ def test_google_error_shapes(start_server: StartServer) -> None:
 
 
 def test_rate_limit_sends_429_with_retry_after(start_server: StartServer) -> None:
-    server = start_server(faults=FaultConfig(rate_limit_qps=1, retry_after_s=2))
+    # 0.01 QPS: the second request is over the limit however slowly a loaded box sends it.
+    server = start_server(faults=FaultConfig(rate_limit_qps=0.01, retry_after_s=2))
     body = protocol.build_request("hello", ["toxicity"], ["en"])
     with requests.Session() as session:
         first = session.post(server.url, json=body, timeout=5)
@@ -60,3 +62,30 @@ def test_malformed_body_fault(start_server: StartServer) -> None:
         assert "malformed" in str(error)
     else:
         raise AssertionError("a malformed body parsed")
+
+
+def test_port_in_use_is_one_line_exit_2(start_server: StartServer, capsys) -> None:  # type: ignore[no-untyped-def]
+    from megatron_detox import cli
+
+    server = start_server()
+    code = cli.main(["perspective-server", "--port", str(server.port)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert f"127.0.0.1:{server.port}: cannot bind" in err[0] and "--port" in err[0]
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--port", "70000"], "--port must be in 0..65535"),
+        (["--max-text-bytes", "0"], "--max-text-bytes must be >= 1"),
+        (["--delay", "-1"], "delay_s must be >= 0"),
+        (["--burst-429", "0"], "burst_429 must be >= 1"),
+    ],
+)
+def test_bad_server_options_are_one_line_exit_2(capsys, option: list[str], message: str) -> None:  # type: ignore[no-untyped-def]
+    from megatron_detox import cli
+
+    code = cli.main(["perspective-server", *option])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0]
