@@ -122,7 +122,8 @@ def _np_nucleus_sample(probs: np.ndarray, top_p: float, u: float) -> int:
     threshold = float(probs.max())
     while True:
         threshold = threshold / WIDEN_FACTOR if threshold > np.finfo(np.float32).tiny else 0.0
-        candidates = probs[probs >= threshold]  # the most likely tokens, in id order
+        ids = np.flatnonzero(probs >= threshold)  # the most likely tokens, in id order
+        candidates = probs[ids]
         if threshold > 0.0 and candidates.sum(dtype=np.float64) < top_p:
             continue
         descending = np.sort(candidates)[::-1].astype(np.float64)
@@ -132,8 +133,8 @@ def _np_nucleus_sample(probs: np.ndarray, top_p: float, u: float) -> int:
         if threshold > 0.0 and cdf[-1] < top_p:
             continue
         keep = max(int(np.count_nonzero(cdf - descending < top_p)), 1)  # as _nucleus_threshold counts
-        ids = np.flatnonzero(probs >= descending[keep - 1])
-        return int(ids[_np_inverse_cdf(probs[ids], u)])
+        kept = candidates >= descending[keep - 1]
+        return int(ids[kept][_np_inverse_cdf(candidates[kept], u)])
 
 
 def _np_inverse_cdf(weights: np.ndarray, u: float) -> int:
