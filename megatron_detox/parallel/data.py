@@ -38,7 +38,10 @@ def apply_data_parallel(model: Transformer, dp_mesh: DeviceMesh, *, precision: P
     reduced in fp32 and the sharded master weights stay fp32.
     """
     mp = MixedPrecisionPolicy(param_dtype=PARAM_DTYPES[precision], reduce_dtype=torch.float32)
-    offload: OffloadPolicy = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
+    # Pinned host memory needs an accelerator; on a CPU-only (gloo) mesh the offload path
+    # still runs (sharded state and optimizer step on the CPU), just without pinning.
+    pin = dp_mesh.device_type != "cpu"
+    offload: OffloadPolicy = CPUOffloadPolicy(pin_memory=pin) if cpu_offload else OffloadPolicy()
     for block in model.layers.values():
         fully_shard(block, mesh=dp_mesh, mp_policy=mp, offload_policy=offload,
                     reshard_after_forward=reshard_after_forward)

@@ -98,6 +98,12 @@ class ParallelDims:
             raise UserError(f"parallel.pp={self.pp}: model.num_layers={model.num_layers} is fewer than the "
                             f"{stages} pipeline stages (pp * virtual_stages); lower parallel.pp")
 
+    def check_seq_length(self, seq_length: int) -> None:
+        """Sequence parallelism splits every sequence into ``tp`` equal chunks."""
+        if self.sequence_parallel and seq_length % self.tp:
+            raise UserError(f"sequence length {seq_length}: must be a multiple of parallel.tp={self.tp} with "
+                            f"parallel.sequence_parallel=true (set data.seq_length accordingly)")
+
     # ------------------------------------------------------------------ derived sizes
 
     @property

@@ -121,6 +121,7 @@ class ParallelModel:
         tokens = tokens.to(self.env.device)
         if tokens.shape[0] % self.num_microbatches:
             raise ValueError(f"batch of {tokens.shape[0]} is not divisible into {self.num_microbatches} micro-batches")
+        self._dims.check_seq_length(tokens.shape[1])  # before any collective: same on every rank
         count = self._count_global_targets(labels)
         self._loss_scale = float(self._dims.dp_size / count.item())
         self._loss_sum = torch.zeros((), dtype=torch.float64)

@@ -30,7 +30,14 @@ from megatron_detox.models.config import ModelConfig
 from megatron_detox.models.presets import PRESETS
 from megatron_detox.peft.adapters import transformer_layers
 from megatron_detox.peft.prefix import fold_prefix_state
-from megatron_detox.peft.surgery import apply_peft, has_peft, load_peft_state, peft_named_parameters, peft_state_dict
+from megatron_detox.peft.surgery import (
+    apply_peft,
+    has_peft,
+    is_peft_name,
+    load_peft_state,
+    peft_named_parameters,
+    peft_state_dict,
+)
 
 FORMAT = "megatron-detox-peft"
 VERSION = 1
@@ -108,6 +115,11 @@ def read_peft_metadata(directory: str | Path) -> dict[str, Any]:
             raise UserError(f"{meta_path}: field {key!r} is missing")
     if meta["method"] not in ("adapter", "prefix"):
         raise UserError(f"{meta_path}: field 'method'={meta['method']!r} must be adapter or prefix")
+    for key in ("base_model", "peft"):
+        if not isinstance(meta[key], dict):
+            raise UserError(f"{meta_path}: field {key!r} must be a JSON object, not {type(meta[key]).__name__}")
+    if not isinstance(meta["base_model"].get("architecture", {}), dict):
+        raise UserError(f"{meta_path}: field 'base_model.architecture' must be a JSON object")
     return meta
 
 
@@ -148,7 +160,9 @@ def _check_unexpected(model: nn.Module, state: dict[str, Tensor], source: str) -
     own = {name for name, _ in peft_named_parameters(model)}
     for name in sorted(state):
         parts = name.split(".")
-        if len(parts) > 1 and parts[0] == "layers" and parts[1] in held_layers and name not in own:
+        # Another pipeline stage's layers are fine; anything else must be one of ours.
+        elsewhere = len(parts) > 1 and parts[0] == "layers" and parts[1] not in held_layers and is_peft_name(name)
+        if not elsewhere and name not in own:
             raise UserError(f"{source}: unexpected tensor {name!r}; the model's PEFT configuration differs from "
                             "the checkpoint's (see its peft.json)")
 

@@ -72,25 +72,31 @@ def reference_run(cfg: ModelConfig, steps: int) -> dict[str, Any]:
 
 def parallel_run(rank: int, world: int, model_name: str, layout: dict[str, Any], steps: int) -> dict[str, Any]:
     cfg = CONFIGS[model_name]
+    layout = dict(layout)
+    precision = layout.pop("precision", "fp32")  # a build_parallel_model argument, not a ParallelConfig field
     parallel = ParallelConfig(**layout)
     env = init_distributed(parallel, cfg)
     dims = env.dims
     per_dp = GLOBAL_BATCH // dims.dp_size
     pm = build_parallel_model(cfg, parallel, env, seed=SEED, micro_batch_size=MICRO_BATCH,
-                              num_microbatches=per_dp // MICRO_BATCH)
+                              num_microbatches=per_dp // MICRO_BATCH, precision=precision)
     initial = pm.full_state_dict()
     opt = torch.optim.AdamW(list(pm.parameters()), lr=LR, weight_decay=0.1)
     lo = dims.dp_rank(env.mesh) * per_dp
-    losses, norms, grads = [], [], {}
+    losses, norms, grads, dtypes = [], [], {}, []
     for step, (tokens, labels, mask) in enumerate(make_batches(steps, cfg.vocab_size)):
         opt.zero_grad()
         loss = pm.forward_backward(tokens[lo:lo + per_dp], labels[lo:lo + per_dp], mask[lo:lo + per_dp])
         if step == 0:
             grads = pm.full_gradients()
+            # Master weights and their (reduced) gradients, as the optimizer sees them.
+            dtypes = sorted({str(p.dtype) for p in pm.parameters()} | {str(p.grad.dtype) for p in pm.parameters()
+                                                                        if p.grad is not None})
         norms.append(pm.clip_grad_norm_(CLIP).item())
         opt.step()
         losses.append(loss.item())
-    return {"losses": losses, "norms": norms, "grads": grads, "initial": initial, "final": pm.full_state_dict()}
+    return {"losses": losses, "norms": norms, "grads": grads, "initial": initial, "final": pm.full_state_dict(),
+            "dtypes": dtypes}
 
 
 def run_layouts(rank: int, world: int, jobs: list[tuple[str, str, dict[str, Any]]], steps: int) -> dict[str, Any]:

@@ -63,3 +63,19 @@ def test_tiny_config_loads_and_fits_two_ranks(override: str) -> None:
     cfg = load_config(REPO / "configs" / "train" / "tiny.yaml", [override])
     dims = ParallelDims.from_config(cfg.parallel, cfg.model.to_model_config(), world_size=2)
     assert dims.tp * dims.pp == 2 and dims.dp_size == 1
+
+
+def test_sequence_parallel_needs_a_sequence_divisible_by_tp() -> None:
+    # Uneven sequence chunks make the TP ranks' collectives disagree (gloo aborts, NCCL hangs):
+    # refused at config load and again by ParallelModel before its first collective.
+    from megatron_detox.config import ConfigError, load_config
+    from tests.conftest import REPO
+
+    tiny = REPO / "configs" / "train" / "tiny.yaml"
+    with pytest.raises(ConfigError, match=r"data.seq_length=63: must be a multiple of parallel.tp=2"):
+        load_config(tiny, ["parallel.tp=2", "parallel.sequence_parallel=true", "data.seq_length=63"])
+    load_config(tiny, ["parallel.tp=2", "data.seq_length=63"])  # fine without SP
+    dims = ParallelDims.from_config(ParallelConfig(tp=2, sequence_parallel=True), GPT, world_size=2)
+    with pytest.raises(UserError, match="sequence length 15: must be a multiple of parallel.tp=2"):
+        dims.check_seq_length(15)
+    dims.check_seq_length(16)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch.distributed as dist
@@ -61,13 +62,20 @@ def test_impossible_layout_fails_before_joining_the_group() -> None:
     assert not dist.is_initialized()
 
 
-def test_cli_prints_one_line_for_an_impossible_layout() -> None:
-    code = ("import sys; from megatron_detox.config import ParallelConfig; from megatron_detox.models import "
-            "ModelConfig; from megatron_detox.parallel import init_distributed; from megatron_detox.errors import "
-            "UserError\ntry:\n    init_distributed(ParallelConfig(tp=3), ModelConfig(num_attention_heads=4, "
-            "hidden_size=32))\nexcept UserError as e:\n    print(e); sys.exit(2)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          env={"RANK": "0", "WORLD_SIZE": "3", "PATH": ""})
+def test_cli_prints_one_line_for_an_impossible_layout(tmp_path: Path) -> None:
+    # The real command as torchrun would start rank 0 of 3: the layout fits the model but not
+    # the world, so only init_distributed can refuse it, before joining the group (MASTER_PORT=1
+    # would fail or hang) and before the run folder is created.
+    from tests.conftest import REPO
+
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "megatron_detox", "train", "configs/train/tiny.yaml",
+                           "parallel.tp=2", "parallel.pp=2", f"train.run_dir={run_dir}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={"RANK": "0", "WORLD_SIZE": "3", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1",
+                               "PATH": "", "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 2, proc.stderr
-    assert proc.stdout.strip().splitlines() == [
-        "parallel.tp=3: does not divide model.num_attention_heads=4; pick a tp that divides the heads"]
+    assert proc.stderr.strip().splitlines() == [
+        "megatron-detox train: error: parallel: world size 3 is not divisible by tp*pp*dp_replicate=2*2*1=4; "
+        "change the layout or the number of processes"]
+    assert not run_dir.exists()

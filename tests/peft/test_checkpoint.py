@@ -86,6 +86,26 @@ def test_damaged_or_foreign_folders_are_user_errors(tmp_path):
         load_peft_checkpoint(build(GPT), GPT, tmp_path / "ckpt")
 
 
+def test_hand_edited_metadata_is_a_user_error(tmp_path):
+    save(trained(GPT, "adapter"), GPT, "adapter", tmp_path / "ckpt")
+    meta_path = tmp_path / "ckpt" / "peft.json"
+    meta = json.loads(meta_path.read_text())
+    for key, value, message in [("base_model", "tiny-gpt", "field 'base_model' must be a JSON object, not str"),
+                                ("peft", [4], "field 'peft' must be a JSON object, not list")]:
+        meta_path.write_text(json.dumps(dict(meta, **{key: value})))
+        with pytest.raises(UserError, match=message) as error:
+            load_peft_checkpoint(build(GPT), GPT, tmp_path / "ckpt")
+        assert "\n" not in str(error.value)
+
+
+def test_a_tensor_outside_the_peft_modules_is_refused_not_dropped(tmp_path):
+    model = trained(GPT, "adapter")
+    state = dict(peft_state_dict(model), **{"output.weight": model.output.weight.detach().clone()})
+    save_peft_checkpoint(tmp_path / "ckpt", state, peft_metadata(GPT, "adapter", PEFT))
+    with pytest.raises(UserError, match="unexpected tensor 'output.weight'"):
+        load_peft_checkpoint(build(GPT), GPT, tmp_path / "ckpt")
+
+
 def test_merge_folds_the_prefix_mlp_into_static_kv(tiny_cfg, tokens, tmp_path):
     model = trained(tiny_cfg, "prefix")
     save(model, tiny_cfg, "prefix", tmp_path / "mlp")

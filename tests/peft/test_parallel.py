@@ -34,6 +34,7 @@ GROUPS: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
         ("gpt", "adapter", {"pp": 2}),
         ("llama", "prefix", {"pp": 2}),
         ("llama", "adapter", {"dp_shard": 2}),  # FSDP2 shards PEFT parameters like the rest
+        ("gpt", "prefix-static", {"dp_shard": 2}),  # P=3 rows over 2 ranks: uneven FSDP shards
     ],
 }
 
