@@ -440,9 +440,13 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("train: steps, eval_interval, save_interval and keep_last must be >= 0, eval_steps >= 1")
     if t.initial_loss_scale <= 0 or t.loss_scale_window < 1:
         raise ConfigError("train.initial_loss_scale must be > 0 and train.loss_scale_window >= 1")
+    _validate_split(cfg.data.split)
     if cfg.data.seq_length > m.max_position_embeddings or cfg.data.seq_length < 1:
         raise ConfigError(f"data.seq_length={cfg.data.seq_length}: must be in [1, "
                           f"model.max_position_embeddings={m.max_position_embeddings}]")
+    if p.sequence_parallel and cfg.data.seq_length % p.tp:
+        raise ConfigError(f"data.seq_length={cfg.data.seq_length}: must be a multiple of parallel.tp={p.tp} with "
+                          "parallel.sequence_parallel=true (the sequence is split over the TP ranks)")
     if not 0.0 < cfg.sgeat.keep_fraction <= 1.0:
         raise ConfigError(f"sgeat.keep_fraction={cfg.sgeat.keep_fraction}: must be in (0, 1]")
     g = cfg.generate
@@ -450,6 +454,17 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"generate.top_p={g.top_p}: must be in (0, 1]")
     if g.temperature <= 0.0:
         raise ConfigError(f"generate.temperature={g.temperature}: must be > 0 (use generate.greedy=true)")
+
+
+def _validate_split(split: str) -> None:
+    """Megatron's ``train,valid,test`` weights: up to three numbers >= 0, not all 0."""
+    try:
+        values = [float(part) for part in split.replace("/", ",").split(",")]
+    except ValueError:
+        values = []
+    if not 1 <= len(values) <= 3 or not all(0.0 <= v < float("inf") for v in values) or sum(values) <= 0:
+        raise ConfigError(f"data.split={split!r}: expected up to three weights train,valid,test >= 0, "
+                          "not all 0, e.g. 969,30,1")
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:

@@ -53,6 +53,10 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
         (["train.global_batch_size=6", "train.micro_batch_size=4"], "must be a multiple of train.micro_batch_size=4"),
         (["optim"], "expected key=value"),
         (["model.hidden_size=100"], "model.num_attention_heads=9: must divide hidden_size=100"),
+        (["data.split=abc"], "data.split='abc': expected up to three weights train,valid,test >= 0"),
+        (["data.split=0,0,0"], "data.split='0,0,0': expected up to three weights"),
+        (["data.split=90,-10,20"], "data.split='90,-10,20': expected up to three weights"),
+        (["data.split=nan"], "data.split='nan': expected up to three weights"),
     ],
 )
 def test_bad_values_name_key_value_and_reason(overrides: list[str], message: str) -> None:
@@ -80,3 +84,21 @@ def test_cli_bad_override_exits_2_with_one_line() -> None:
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["optim.lrr=1"], "optim.lrr: unknown key (did you mean 'lr'?)"),
+        (["parallel.tp=3"], "parallel.tp=3: does not divide model.num_attention_heads=4"),
+        (["train.steps=many"], "train.steps='many': expected an integer"),
+    ],
+)
+def test_cli_train_bad_override_is_one_line_exit_2(overrides: list[str], message: str,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from megatron_detox.cli import main
+
+    assert main(["train", str(REPO / "configs" / "train" / "tiny.yaml"), *overrides]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == [f"megatron-detox train: error: {message}"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,7 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pre.add_argument("--input", required=True, help="a .jsonl file (text under --json-key) or plain text")
     pre.add_argument("--json-key", default="text", help="JSON key holding the text (dotted for nested)")
     pre.add_argument("--tokenizer", required=True,
-                     help="tokenizer files: .gguf, tokenizer.json, .model, VOCAB.json,MERGES.txt or a folder")
+                     help="a model preset (e.g. smollm2-135m: its own tokenizer) or tokenizer files: .gguf, "
+                          "tokenizer.json, .model, VOCAB.json,MERGES.txt or a folder")
     pre.add_argument("--output-prefix", required=True, help="writes PREFIX.bin and PREFIX.idx")
     pre.add_argument("--append-eod", action="store_true", help="append the end-of-document token to each record")
     pre.add_argument("--workers", type=int, default=1, help="tokenizer processes")
@@ -30,9 +32,23 @@ def run_preprocess(args: argparse.Namespace) -> int:
     from megatron_detox.data import preprocess  # noqa: PLC0415
     from megatron_detox.tokenizers import load_tokenizer  # noqa: PLC0415
 
-    report = preprocess(args.input, args.output_prefix, load_tokenizer(args.tokenizer), json_key=args.json_key,
+    tokenizer = load_tokenizer(_tokenizer_spec(args.tokenizer))
+    report = preprocess(args.input, args.output_prefix, tokenizer, json_key=args.json_key,
                         append_eod=args.append_eod, workers=max(args.workers, 1), skip_bad=args.skip_bad)
     print(f"{report.documents} documents, {report.tokens} tokens -> {report.output_prefix}.bin/.idx"
           + (f"; skipped {len(report.skipped)} bad lines (see {report.output_prefix}.report.json)"
-             if report.skipped else ""), file=sys.stderr)
+             if report.skipped else "")
+          + (f"; {report.empty_documents} records with empty text gave no tokens and were not written"
+             " (--append-eod keeps them)" if report.empty_documents else ""), file=sys.stderr)
     return 0
+
+
+def _tokenizer_spec(spec: str) -> str:
+    """A preset name means that model's tokenizer (the embedded GGUF for smollm2-135m)."""
+    from megatron_detox.models.presets import PRESETS  # noqa: PLC0415
+
+    if spec in PRESETS and not Path(spec).exists():
+        from megatron_detox.inference import tokenizer_spec_for  # noqa: PLC0415
+
+        return tokenizer_spec_for(spec, PRESETS[spec])
+    return spec

@@ -36,12 +36,13 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path) -> tuple[Path, ModelC
                         "do not have; merge them first")
     cfg = model_config_from_meta(meta, ckpt)
     hf_model_type(cfg)  # a UserError before loading anything if HF cannot express the model
+    out = Path(out_dir).expanduser().resolve()  # '.' has no name to put '.tmp' on
+    _check_replaceable(out)
     state = load_plain_model_state(ckpt, cfg, sorted(expected_shapes(cfg)))
     if cfg.tie_word_embeddings:
         state["output.weight"] = state["tok_embeddings.weight"]
     hf_config, hf_state = to_hf_state_dict(cfg, state)
     hf_config["torch_dtype"] = "float32"
-    out = Path(out_dir).expanduser()
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -52,3 +53,17 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path) -> tuple[Path, ModelC
         shutil.rmtree(out)
     os.replace(tmp, out)
     return out, cfg
+
+
+_EXPORT_FILES = {"config.json", "model.safetensors"}
+
+
+def _check_replaceable(out: Path) -> None:
+    """``out`` is replaced whole, so it must be new, empty or an earlier export (never a run folder or ~)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder; give a new folder for the export")
+    if out.is_dir():
+        others = sorted(p.name for p in out.iterdir() if p.name not in _EXPORT_FILES)
+        if others:
+            raise UserError(f"{out}: holds {others[0]!r} and is not an earlier export, so it will not be "
+                            "replaced; give a new or empty folder")

@@ -87,15 +87,18 @@ def data_blend(cfg: RunConfig, tokenizer, cache_dir: Path, *, is_main: bool) -> 
     return Blend(blend.prefixes + prefixes, blend.weights)
 
 
-def build_datasets(cfg: RunConfig, tokenizer, cache_dir: Path, *, is_main: bool  # noqa: ANN001
-                   ) -> tuple[GPTDataset, GPTDataset | None]:
-    """(train, valid) datasets; valid only when evaluation is on."""
+def build_datasets(cfg: RunConfig, tokenizer, cache_dir: Path, *, is_main: bool,  # noqa: ANN001
+                   train_samples: int | None = None) -> tuple[GPTDataset, GPTDataset | None]:
+    """(train, valid) datasets; valid only when evaluation is on.
+
+    ``train_samples``: train samples the run reads in all (default ``steps x global_batch_size``).
+    """
     t = cfg.train
     blend = data_blend(cfg, tokenizer, cache_dir, is_main=is_main)
     evaluating = t.eval_interval > 0
     train_ds, valid_ds, _ = build_gpt_datasets(
         blend, tokenizer, seq_length=cfg.data.seq_length, seed=t.seed, split=cfg.data.split,
-        num_samples=(t.steps * t.global_batch_size, t.eval_steps * t.global_batch_size if evaluating else 0, 0),
+        num_samples=(train_samples if train_samples is not None else t.steps * t.global_batch_size, t.eval_steps * t.global_batch_size if evaluating else 0, 0),
         cache_dir=cache_dir / "indices",
     )
     if train_ds is None:

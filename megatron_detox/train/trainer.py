@@ -2,7 +2,8 @@
 
 One code path for every layout, the single process included: the model is always a
 ``ParallelModel`` from ``megatron_detox.parallel``. Global step ``s`` (0-based) reads
-train samples ``[s * G, (s + 1) * G)`` (this DP rank its slice), uses the learning rate
+train samples ``[s * G, (s + 1) * G)`` (this DP rank its slice) — counted on from the
+checkpoint's ``consumed_samples`` when a resumed run changes ``G`` — uses the learning rate
 ``lr_at(s)``, and after the optimizer step writes one line of ``metrics.jsonl`` with
 ``step = s + 1``. Checkpoints hold model, optimizer, loss scale, step and RNG states, so
 a run killed anywhere and started again with the same command reproduces the same
@@ -151,6 +152,13 @@ def _log_step(bar: tqdm, record: dict[str, Any], steps: int) -> None:
         bar.write(line)
 
 
+def _consumed_samples(meta: dict[str, Any], global_batch_size: int) -> int:
+    """Train samples read up to the checkpoint (older metadata: step x this global batch)."""
+    data = meta.get("data")
+    consumed = data.get("consumed_samples") if isinstance(data, dict) else None
+    return int(consumed) if isinstance(consumed, int) else int(meta["step"]) * global_batch_size
+
+
 def _resume(ckpt: Path, meta: dict[str, Any], pm: ParallelModel, optimizers: list[torch.optim.Optimizer],
             scaler: DynamicLossScaler | None, env: DistEnv) -> int:
     """Load model, optimizer, loss scale and RNG state (resharded to this layout); return the step."""
@@ -173,7 +181,6 @@ def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         remove_partial_checkpoints(run_dir)
-        write_text_atomic(run_dir / "config.yaml", dump_yaml(cfg))
     barrier()
 
     ckpt = latest_checkpoint(run_dir)
@@ -181,9 +188,15 @@ def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
     if ckpt is not None and meta is not None:
         check_compatible(meta, model_cfg, t.method, ckpt)
 
+    # The data position: samples read before this run (Megatron's consumed_samples), so a
+    # resumed run with another global batch size neither repeats nor skips samples.
+    start_step = int(meta["step"]) if meta is not None else 0
+    start_sample = _consumed_samples(meta, t.global_batch_size) if meta is not None else 0
+
     tokenizer = resolve_tokenizer(cfg, model_cfg)
     cache_dir = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else run_dir / "data_cache"
-    train_ds, valid_ds = build_datasets(cfg, tokenizer, cache_dir, is_main=env.is_main)
+    train_ds, valid_ds = build_datasets(cfg, tokenizer, cache_dir, is_main=env.is_main,
+                                        train_samples=start_sample + max(t.steps - start_step, 0) * t.global_batch_size)
 
     local, micro, num_microbatches = _batch_layout(cfg, env)
     pretrained = None
@@ -202,6 +215,8 @@ def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
     if ckpt is not None and meta is not None:
         start = _resume(ckpt, meta, pm, optimizers, scaler, env)
 
+    if env.is_main:  # only now: a start refused above leaves the run's config.yaml as it was
+        write_text_atomic(run_dir / "config.yaml", dump_yaml(cfg))
     metrics = MetricsWriter(run_dir / "metrics.jsonl", resume_step=start, enabled=env.is_main,
                             tensorboard_dir=run_dir / "tensorboard")
     result = TrainResult(run_dir=run_dir, step=start, checkpoint=ckpt)
@@ -211,12 +226,15 @@ def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
     flops_per_token = train_flops_per_token(model_cfg, cfg.data.seq_length)
     stop = _StopFlag()
 
+    def samples_before(step: int) -> int:
+        return start_sample + (step - start_step) * t.global_batch_size
+
     def checkpoint(step: int) -> None:
         state = {"model": pm.model_state_dict(), "optim": get_optim_state(pm, optimizers)}
         meta_out = {
             "config_hash": config_hash, "model": model_shape(model_cfg),
             "model_config": dataclasses.asdict(model_cfg), "method": t.method,
-            "data": {"consumed_samples": step * t.global_batch_size, "seq_length": cfg.data.seq_length},
+            "data": {"consumed_samples": samples_before(step), "seq_length": cfg.data.seq_length},
             "layout": env.dims.describe(), "world_size": env.world_size,
             "loss_scaler": scaler.state_dict() if scaler is not None else None,
         }
@@ -237,7 +255,7 @@ def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
                 lr = lr_at(step, t.steps, cfg.optim)
                 for optimizer in optimizers:
                     set_lr(optimizer, lr)
-                batch = sample_batch(train_ds, step * t.global_batch_size + dp_rank * local, local)
+                batch = sample_batch(train_ds, samples_before(step) + dp_rank * local, local)
                 loss = float(pm.forward_backward(batch["tokens"], batch["labels"], batch["loss_mask"]))
                 if scaler is not None:
                     scaler.unscale_(pm.parameters())

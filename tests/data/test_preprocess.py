@@ -96,3 +96,33 @@ def test_cli_preprocess_and_its_one_line_error(tmp_path: Path, corpus: tuple[Pat
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert err[-1] == f"megatron-detox data: error: {bad}:2: missing key 'text'; fix the line or pass --skip-bad"
+
+
+def test_cli_says_how_many_records_had_no_tokens(tmp_path: Path, corpus: tuple[Path, str, int],
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    source = tmp_path / "some_empty.jsonl"
+    source.write_text('{"text": "one"}\n{"text": ""}\n{"text": "three"}\n', encoding="utf-8")
+    args = ["data", "preprocess", "--input", str(source), "--tokenizer", corpus[1]]
+    assert main([*args, "--output-prefix", str(tmp_path / "dropped")]) == 0
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("2 documents") and "1 records with empty text gave no tokens" in last
+    assert len(IndexedDataset(str(tmp_path / "dropped"))) == 2
+    assert main([*args, "--output-prefix", str(tmp_path / "kept"), "--append-eod"]) == 0
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("3 documents")
+    assert len(IndexedDataset(str(tmp_path / "kept"))) == 3
+
+
+def test_cli_tokenizer_can_be_a_model_preset(tmp_path: Path, smollm2_gguf: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"text": "The capital of France is Paris."}\n', encoding="utf-8")
+    args = ["data", "preprocess", "--input", str(source), "--output-prefix"]
+    assert main([*args, str(tmp_path / "preset"), "--tokenizer", "smollm2-135m"]) == 0
+    assert main([*args, str(tmp_path / "file"), "--tokenizer", str(smollm2_gguf)]) == 0
+    assert (tmp_path / "preset.bin").read_bytes() == (tmp_path / "file.bin").read_bytes()
+    assert len(IndexedDataset(str(tmp_path / "preset"))[0]) > 3
+    capsys.readouterr()
+    # A preset without tokenizer files here says what to pass instead, in one line.
+    assert main([*args, str(tmp_path / "gpt"), "--tokenizer", "gpt-126m"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pass --tokenizer with a tokenizer file or folder" in err[0]

@@ -49,3 +49,26 @@ def test_export_of_a_missing_checkpoint_is_one_line(tmp_path: Path, capsys: pyte
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"megatron-detox export: error: {tmp_path}: not a checkpoint (no meta.json), checkpoints "
                    "folder or run folder with checkpoints/latest"]
+
+
+def test_export_never_replaces_a_folder_that_is_not_an_export(tmp_path: Path, corpus: tuple[Path, str, int],
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    text_file, spec, vocab = corpus
+    config = tiny_gpt_config(tmp_path / "c.yaml", run_dir=tmp_path / "run", text_file=text_file, tokenizer=spec,
+                             vocab_size=vocab, train={"steps": 1, "save_interval": 0})
+    train(load_config(config), progress=False)
+    capsys.readouterr()  # the preprocessing bar
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "run").rglob("*"))
+    (tmp_path / "afile").write_text("keep me")
+    for target, reason in ((tmp_path / "run", "holds 'checkpoints' and is not an earlier export"),
+                           (tmp_path, "holds 'afile' and is not an earlier export"),
+                           (tmp_path / "afile", "exists and is not a folder")):
+        assert main(["export", "hf", str(tmp_path / "run"), str(target)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and reason in err[0], err
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "run").rglob("*")) == before
+    assert (tmp_path / "afile").read_text() == "keep me"
+    # An earlier export is replaced.
+    assert main(["export", "hf", str(tmp_path / "run"), str(tmp_path / "hf")]) == 0
+    assert main(["export", "hf", str(tmp_path / "run"), str(tmp_path / "hf")]) == 0
+    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["config.json", "model.safetensors"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -98,6 +99,30 @@ def test_save_on_tp2_resume_on_tp1(tmp_path: Path, corpus: tuple[Path, str, int]
         assert result.losses[step] == pytest.approx(tp2_losses[step], abs=1e-5)
 
 
+def _train_layouts(rank: int, world_size: int, runs: list[tuple[str, str]]) -> list[dict[int, float]]:
+    # One spawn for every layout: process start-up dominates on a small CPU box.
+    return [train(load_config(config, [layout]), progress=False).losses for config, layout in runs]
+
+
+@pytest.mark.distributed
+def test_save_on_pp2_or_fsdp2_resume_on_tp1(tmp_path: Path, corpus: tuple[Path, str, int]) -> None:
+    """Optimizer state too: pipeline stages (tied head copy) and FSDP shards reshard to one process."""
+    layouts = {"pp2": "parallel.pp=2", "fsdp2": "parallel.dp_shard=2"}
+    configs = {name: _config(tmp_path, corpus, name, train={"steps": 5, "save_interval": 3, "keep_last": 2})
+               for name in layouts}
+    losses = run_distributed(_train_layouts, 2, [(str(configs[n]), layout) for n, layout in layouts.items()])[0]
+    for (name, _), saved_losses in zip(layouts.items(), losses, strict=True):
+        assert sorted(saved_losses) == [1, 2, 3, 4, 5], name
+        resumed = tmp_path / f"{name}-tp1"
+        shutil.copytree(tmp_path / name, resumed)
+        shutil.rmtree(resumed / "checkpoints" / "step_000005")
+        (resumed / "checkpoints" / "latest").write_text("step_000003\n")
+        result = train(load_config(configs[name], [f"train.run_dir={resumed}"]), progress=False)
+        assert sorted(result.losses) == [4, 5], name
+        for step in (4, 5):
+            assert result.losses[step] == pytest.approx(saved_losses[step], abs=1e-5), (name, step)
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_low_precision_trains(tmp_path: Path, corpus: tuple[Path, str, int], precision: str) -> None:
     config = _config(tmp_path, corpus, precision, train={"steps": 6, "precision": precision, "save_interval": 0})
@@ -114,6 +139,8 @@ def test_checkpoint_of_another_shape_is_refused(tmp_path: Path, corpus: tuple[Pa
     train(load_config(config), progress=False)
     with pytest.raises(UserError, match=r"meta.json: checkpoint has model hidden_size=64 but the config gives 128"):
         train(load_config(config, ["model.hidden_size=128", "train.steps=4"]), progress=False)
+    # The refused start leaves the run's resolved config as it was.
+    assert load_config(tmp_path / "shape" / "config.yaml").model.hidden_size == 64
 
 
 def test_fine_tune_from_checkpoint_and_freeze(tmp_path: Path, corpus: tuple[Path, str, int]) -> None:
@@ -214,3 +241,81 @@ def test_pretokenized_paths_need_no_tokenizer_and_missing_ones_are_named(
     with pytest.raises(UserError, match=r"^data.paths\[0\]=.*missing.bin and .*missing.idx not found"):
         train(load_config(config, [f"data.paths=[{tmp_path / 'missing'}]", "data.text_files=[]",
                                    f"train.run_dir={tmp_path / 'other'}"]), progress=False)
+
+
+def test_evaluation_every_n_steps_reports_the_validation_loss(tmp_path: Path, corpus: tuple[Path, str, int]) -> None:
+    from megatron_detox.data import sample_batch
+    from megatron_detox.train.setup import build_datasets, resolve_tokenizer
+
+    config = _config(tmp_path, corpus, "eval", train={"steps": 4, "eval_interval": 2, "eval_steps": 2,
+                                                      "save_interval": 2, "keep_last": 0})
+    train(load_config(config), progress=False)
+    records = {r["step"]: r for r in read_metrics(tmp_path / "eval" / "metrics.jsonl")}
+    assert [s for s, r in sorted(records.items()) if "valid_loss" in r] == [2, 4]
+    # Recompute: the plain model of each step's checkpoint on the first eval_steps validation batches.
+    cfg = load_config(config)
+    model_cfg = cfg.model.to_model_config()
+    _, valid_ds = build_datasets(cfg, resolve_tokenizer(cfg, model_cfg), tmp_path / "eval" / "data_cache",
+                                 is_main=True)
+    names = sorted(expected_shapes(model_cfg))
+    for step in (2, 4):
+        model = Transformer(model_cfg).eval()
+        ckpt = tmp_path / "eval" / "checkpoints" / f"step_{step:06d}"
+        model.load_state_dict(load_plain_model_state(ckpt, model_cfg, names))
+        losses = []
+        with torch.no_grad():
+            for i in range(2):
+                batch = sample_batch(valid_ds, i * cfg.train.global_batch_size, cfg.train.global_batch_size)
+                logits = model(batch["tokens"])[..., :corpus[2]]
+                losses.append(torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(),
+                                                                batch["labels"].flatten()).item())
+        want = sum(losses) / len(losses)
+        assert records[step]["valid_loss"] == pytest.approx(want, abs=1e-5)
+        assert records[step]["valid_ppl"] == pytest.approx(math.exp(want), rel=1e-6)
+
+
+def test_gradient_accumulation_gives_the_losses_of_one_big_batch(tmp_path: Path,
+                                                                 corpus: tuple[Path, str, int]) -> None:
+    losses = {}
+    for micro in (4, 2, 1):  # global batch 4: 1, 2 or 4 micro-batches per optimizer step
+        config = _config(tmp_path, corpus, f"micro{micro}",
+                         train={"steps": 4, "micro_batch_size": micro, "save_interval": 0})
+        losses[micro] = train(load_config(config), progress=False).losses
+    # Adam hardly sees a gradient scale error, the gradient norm does: compare both.
+    norms = {micro: [r["grad_norm"] for r in read_metrics(tmp_path / f"micro{micro}" / "metrics.jsonl")]
+             for micro in losses}
+    for micro in (2, 1):
+        assert sorted(losses[micro]) == [1, 2, 3, 4]
+        for step, loss in losses[4].items():
+            assert losses[micro][step] == pytest.approx(loss, abs=1e-5), (micro, step)
+        assert norms[micro] == pytest.approx(norms[4], rel=1e-4), micro
+
+
+def test_resume_with_a_larger_global_batch_continues_at_the_consumed_samples(
+        tmp_path: Path, corpus: tuple[Path, str, int]) -> None:
+    from megatron_detox.data import sample_batch
+    from megatron_detox.train.setup import build_datasets, resolve_tokenizer
+
+    config = _config(tmp_path, corpus, "ramp", train={"steps": 2, "global_batch_size": 4, "save_interval": 0})
+    first = train(load_config(config), progress=False)
+    # Megatron-style batch ramp-up: 2 steps x 4 samples done, now 8 per step.
+    cfg = load_config(config, ["train.steps=3", "train.global_batch_size=8"])
+    resumed = train(cfg, progress=False)
+    assert sorted(resumed.losses) == [3]
+    meta = json.loads((resumed.checkpoint / "meta.json").read_text())
+    assert meta["data"]["consumed_samples"] == 2 * 4 + 8
+    # Step 3's loss is the step-2 model's loss on samples [8, 16), not [16, 24) (= step x new batch).
+    model_cfg = cfg.model.to_model_config()
+    train_ds, _ = build_datasets(cfg, resolve_tokenizer(cfg, model_cfg), tmp_path / "ramp" / "data_cache",
+                                 is_main=True)
+    model = Transformer(model_cfg).eval()
+    model.load_state_dict(load_plain_model_state(first.checkpoint, model_cfg, sorted(expected_shapes(model_cfg))))
+
+    def loss_on(start: int) -> float:
+        batch = sample_batch(train_ds, start, 8)
+        with torch.no_grad():
+            logits = model(batch["tokens"])[..., :corpus[2]]
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten()).item()
+
+    assert resumed.losses[3] == pytest.approx(loss_on(8), abs=1e-5)
+    assert resumed.losses[3] != pytest.approx(loss_on(16), abs=1e-5)
