@@ -40,6 +40,13 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
     assert again == cfg
 
 
+def test_cli_output_into_a_closed_pipe_is_quiet() -> None:
+    # `true` exits at once, so the command's first write hits a closed pipe.
+    result = subprocess.run(f"{sys.executable} -m megatron_detox models | true", shell=True, cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -25,6 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pre.add_argument("--append-eod", action="store_true", help="append the end-of-document token to each record")
     pre.add_argument("--workers", type=int, default=1, help="tokenizer processes")
     pre.add_argument("--skip-bad", action="store_true", help="skip bad lines (listed in the report) instead of stopping")
+    pre.add_argument("--no-progress", action="store_true", help="no progress bar")
     pre.set_defaults(func=run_preprocess)
 
 
@@ -34,7 +35,8 @@ def run_preprocess(args: argparse.Namespace) -> int:
 
     tokenizer = load_tokenizer(_tokenizer_spec(args.tokenizer))
     report = preprocess(args.input, args.output_prefix, tokenizer, json_key=args.json_key,
-                        append_eod=args.append_eod, workers=max(args.workers, 1), skip_bad=args.skip_bad)
+                        append_eod=args.append_eod, workers=max(args.workers, 1), skip_bad=args.skip_bad,
+                        progress=not args.no_progress)
     print(f"{report.documents} documents, {report.tokens} tokens -> {report.output_prefix}.bin/.idx"
           + (f"; skipped {len(report.skipped)} bad lines (see {report.output_prefix}.report.json)"
              if report.skipped else "")

@@ -25,5 +25,6 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     result = train(cfg, progress=not args.no_progress)
-    print(f"trained to step {result.step}; checkpoint {result.checkpoint}")
+    if result.is_main:  # once per job, not once per rank
+        print(f"trained to step {result.step}; checkpoint {result.checkpoint}")
     return 0

@@ -60,6 +60,8 @@ class TrainResult:
     valid_loss: float | None = None
     checkpoint: Path | None = None
     stopped_by_signal: bool = False
+    is_main: bool = True
+    """Rank 0 of the job: the one that reports."""
 
 
 class _StopFlag:
@@ -219,7 +221,7 @@ def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
         write_text_atomic(run_dir / "config.yaml", dump_yaml(cfg))
     metrics = MetricsWriter(run_dir / "metrics.jsonl", resume_step=start, enabled=env.is_main,
                             tensorboard_dir=run_dir / "tensorboard")
-    result = TrainResult(run_dir=run_dir, step=start, checkpoint=ckpt)
+    result = TrainResult(run_dir=run_dir, step=start, checkpoint=ckpt, is_main=env.is_main)
     config_hash = hashlib.sha256(dump_yaml(cfg).encode()).hexdigest()[:16]
     dp_rank = env.dims.dp_rank(env.mesh)
     tokens_per_step = t.global_batch_size * cfg.data.seq_length

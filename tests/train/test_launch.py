@@ -28,6 +28,7 @@ def _printed_losses(tmp_path: Path, text_file: Path, name: str, nproc: int, *ove
     assert result.returncode == 0, result.stderr[-3000:]
     losses = {int(step): f"{float(loss):.4f}" for step, loss in STEP_LINE.findall(result.stdout)}
     assert sorted(losses) == [1, 2, 3, 4, 5], result.stdout[-2000:]
+    assert result.stdout.count("trained to step 5;") == 1, result.stdout[-2000:]  # once per job, not per rank
     return losses
 
 
