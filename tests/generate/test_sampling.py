@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -55,8 +57,10 @@ def test_matches_sort_reference(params: SamplingParams) -> None:
     peaked = torch.randn(6, 5000, generator=gen) * 4.0
     flat = torch.randn(6, 5000, generator=gen) * 0.2
     tied = torch.zeros(1, 5000)  # every token ties with the last one kept: all are in
-    logits = torch.cat([peaked, flat, tied])
-    u = torch.rand(13, generator=gen, dtype=torch.float64)
+    spike = torch.zeros(1, 5000)  # token 0 holds half the mass, the rest lie far below it:
+    spike[0, 0] = math.log(4999.0)  # the candidate threshold must widen to reach top_p
+    logits = torch.cat([peaked, flat, tied, spike])
+    u = torch.rand(14, generator=gen, dtype=torch.float64)
     got = sample_next(logits, params, 5000, u)
     assert torch.equal(got, reference_sample(logits, params, u))
 
