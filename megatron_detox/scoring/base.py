@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Self
 
 # The paper's Perspective attribute set (Wang et al. 2022, following Gehman et al. 2020).
 DEFAULT_ATTRIBUTES: tuple[str, ...] = (
@@ -58,7 +59,25 @@ class ScoreOutcome:
         return cls(error=reason, retryable=retryable)
 
 
-class Scorer(ABC):
+class Closing:
+    """``with obj:`` calls ``obj.close()`` on the way out (scorers, the cache, the local server)."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Scorer(Closing, ABC):
     """Scores batches of texts; subclasses set ``name``, ``version`` and ``attributes``.
 
     ``batch_size`` is how many texts the pipeline hands to one ``score_detailed``
@@ -95,17 +114,6 @@ class Scorer(ABC):
 
     def close(self) -> None:  # noqa: B027 (an optional hook, not abstract)
         """Release connections or models; the default does nothing."""
-
-    def __enter__(self) -> Scorer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, version={self.version!r})"

@@ -15,10 +15,9 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from types import TracebackType
 
 from megatron_detox.errors import UserError
-from megatron_detox.scoring.base import ScoreOutcome
+from megatron_detox.scoring.base import Closing, ScoreOutcome
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS scores (
@@ -39,7 +38,7 @@ def attributes_key(attributes: Sequence[str]) -> str:
     return ",".join(sorted(a.lower() for a in attributes))
 
 
-class ScoreCache:
+class ScoreCache(Closing):
     """Thread-safe persistent map ``(namespace, attributes, sha256) -> ScoreOutcome``.
 
     ``path=None`` keeps the cache in memory (no persistence, same behaviour).
@@ -112,17 +111,6 @@ class ScoreCache:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-    def __enter__(self) -> ScoreCache:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"ScoreCache({str(self.path) if self.path else ':memory:'})"

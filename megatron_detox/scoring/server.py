@@ -23,12 +23,11 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any
 from urllib.parse import parse_qs, urlsplit
 
 from megatron_detox.scoring import protocol
-from megatron_detox.scoring.base import Scorer
+from megatron_detox.scoring.base import Closing, Scorer
 from megatron_detox.scoring.faults import FaultConfig, FaultDecision, FaultInjector
 from megatron_detox.scoring.text import encode_utf8, text_sha256
 
@@ -226,8 +225,8 @@ def build_server(
 
 
 @dataclass
-class RunningServer:
-    """A server serving on a background thread; ``stop()`` (or ``with``) shuts it down."""
+class RunningServer(Closing):
+    """A server serving on a background thread; ``close()`` (or ``with``) shuts it down."""
 
     server: PerspectiveHTTPServer
     port: int
@@ -238,21 +237,10 @@ class RunningServer:
         host = str(self.server.server_address[0])
         return f"http://{host}:{self.port}{protocol.API_PATH}"
 
-    def stop(self) -> None:
+    def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(timeout=10)
-
-    def __enter__(self) -> RunningServer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def serve_in_thread(

@@ -50,7 +50,7 @@ def start_server(profanity: ProfanityScorer, tmp_path: Path) -> Iterator[StartSe
 
     yield start
     for server in running:
-        server.stop()
+        server.close()
 
 
 def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
