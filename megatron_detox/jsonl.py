@@ -1,4 +1,4 @@
-"""Strict JSONL reading shared by every stage: a bad line is a ``UserError`` naming file and line.
+"""Strict JSON(L) reading shared by every stage: a bad line is a ``UserError`` naming file and line.
 
 Lines are decoded one at a time, so a bad byte is reported on its own line and the
 line numbers stay right after it; nothing is skipped silently.
@@ -12,6 +12,16 @@ from pathlib import Path
 from typing import Any
 
 from megatron_detox.errors import UserError, where
+
+
+def read_json(path: Path) -> Any:
+    """A whole JSON file (configs, metrics, settings); missing or malformed is a ``UserError``."""
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"{path}: not valid JSON ({error})") from None
 
 
 def iter_jsonl(path: str | Path, *, allow_blank: bool = True) -> Iterator[tuple[int, dict[str, Any]]]:

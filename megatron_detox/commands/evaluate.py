@@ -213,8 +213,8 @@ def run_toxicity(args: argparse.Namespace) -> int:
 
 def run_perplexity(args: argparse.Namespace) -> int:
     from megatron_detox.atomic import write_json_atomic
-    from megatron_detox.evaluate.io import read_json
     from megatron_detox.evaluate.perplexity import compute_perplexity, indexed_prefix, load_documents
+    from megatron_detox.jsonl import read_json
 
     missing = [data for data in args.data if indexed_prefix(data) is None and not Path(data).is_file()]
     if missing:  # before the (slow) model load

@@ -138,7 +138,7 @@ def run_bold(
     from tqdm import tqdm
 
     from megatron_detox.atomic import write_json_atomic
-    from megatron_detox.evaluate.io import read_json
+    from megatron_detox.jsonl import read_json
 
     out = Path(out_dir)
     settings = {**(run_settings or {}), "max_length": max_length, "max_per_group": max_per_group, "seed": seed,

@@ -18,9 +18,8 @@ from typing import Any
 
 from megatron_detox.atomic import write_json_atomic, write_text_atomic
 from megatron_detox.errors import UserError
-from megatron_detox.evaluate.io import read_json
 from megatron_detox.evaluate.prompts import TOXIC_THRESHOLD
-from megatron_detox.jsonl import iter_jsonl
+from megatron_detox.jsonl import iter_jsonl, read_json
 
 EVAL_FILES = {"toxicity": "metrics.json", "perplexity": "perplexity.json", "bold": "bold.json",
               "lm_eval": "lm_eval.json"}

@@ -7,13 +7,13 @@ casts); the key maps live in :mod:`megatron_detox.models.hf_keys`.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
 from megatron_detox.errors import UserError
+from megatron_detox.jsonl import read_json
 from megatron_detox.models.config import ModelConfig
 from megatron_detox.models.hf_keys import (
     IGNORED_HF_SUFFIXES,
@@ -35,7 +35,7 @@ def is_hf_folder(path: Path) -> bool:
 def load_hf(folder: str | Path) -> tuple[ModelConfig, dict[str, Tensor]]:
     """Return ``(config, state_dict)`` in our parameter names, vocab rows zero-padded."""
     folder = Path(folder)
-    cfg = config_from_hf(_read_json(folder / "config.json"), str(folder / "config.json"), name=folder.name)
+    cfg = config_from_hf(read_json(folder / "config.json"), str(folder / "config.json"), name=folder.name)
     if (folder / "tokenizer.json").is_file():
         cfg.tokenizer = str(folder / "tokenizer.json")
     files = _tensor_files(folder)
@@ -67,19 +67,10 @@ def load_hf(folder: str | Path) -> tuple[ModelConfig, dict[str, Tensor]]:
     return cfg, state
 
 
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid JSON ({exc})") from None
-
-
 def _tensor_files(folder: Path) -> dict[str, Path]:
     """HF tensor name -> the safetensors file holding it."""
     if (folder / INDEX_FILE).is_file():
-        index = _read_json(folder / INDEX_FILE)
+        index = read_json(folder / INDEX_FILE)
         weight_map = index.get("weight_map") if isinstance(index, dict) else None
         if not isinstance(weight_map, dict):
             raise UserError(f"{folder / INDEX_FILE}: field 'weight_map' is missing")
