@@ -54,6 +54,29 @@ def run(model, prompts, ids, params, new=10, stops=(), seed=5):  # type: ignore[
                           head_dim=cfg.head_dim, stop_ids=stops, seed=seed)
 
 
+def assert_eos_compaction_exact(model: Transformer, prompts: list[list[int]]) -> None:
+    """Greedy rows that hit a stop token end exactly there; the others, after the batch is
+    compacted around them, stay token-identical to a run without stops."""
+    from megatron_detox.generate.sampling import SamplingParams
+
+    params = SamplingParams(greedy=True)
+    ids = list(range(len(prompts)))
+    free = run(model, prompts, ids, params, new=12)
+    # Stop on tokens that some rows produce early, so rows finish at different steps
+    # and the batch is compacted mid-way.
+    stops = {g.tokens[1] for g in free[:3]}
+    stopped = run(model, prompts, ids, params, new=12, stops=tuple(stops))
+    finished = 0
+    for a, b in zip(free, stopped, strict=True):
+        cut = next((i for i, t in enumerate(a.tokens) if t in stops), None)
+        if cut is None:
+            assert b.tokens == a.tokens and b.finish_reason == "length"
+        else:
+            finished += 1
+            assert b.tokens == a.tokens[:cut] and b.finish_reason == "eos"
+    assert finished >= 3
+
+
 def train_tokenizer() -> tokenizers.Tokenizer:
     backend = tokenizers.Tokenizer(tokenizers.models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -9,7 +9,7 @@ from torch import nn
 from megatron_detox.generate.engine import VOCAB_CHUNK_ROWS, GenerationCache, generate_batch, vocab_logits
 from megatron_detox.generate.sampling import SamplingParams
 
-from .conftest import ragged_prompts, run, tiny_config, tiny_model
+from .conftest import assert_eos_compaction_exact, ragged_prompts, run, tiny_config, tiny_model
 
 VOCAB = 100
 
@@ -68,23 +68,7 @@ def test_sampled_text_independent_of_batch_size_and_composition() -> None:
 
 
 def test_eos_stops_rows_and_compaction_keeps_the_rest_exact() -> None:
-    model = tiny_model(tiny_config(VOCAB))
-    prompts = _prompts(8, seed=1)
-    params = SamplingParams(greedy=True)
-    free = run(model, prompts, list(range(8)), params, new=12)
-    # Stop on tokens that some rows produce early, so rows finish at different steps
-    # and the batch is compacted mid-way.
-    stops = {g.tokens[1] for g in free[:3]}
-    stopped = run(model, prompts, list(range(8)), params, new=12, stops=tuple(stops))
-    finished = 0
-    for a, b in zip(free, stopped):
-        cut = next((i for i, t in enumerate(a.tokens) if t in stops), None)
-        if cut is None:
-            assert b.tokens == a.tokens and b.finish_reason == "length"
-        else:
-            finished += 1
-            assert b.tokens == a.tokens[:cut] and b.finish_reason == "eos"
-    assert finished >= 3
+    assert_eos_compaction_exact(tiny_model(tiny_config(VOCAB)), _prompts(8, seed=1))
 
 
 def test_cache_reads_only_written_slots() -> None:

@@ -15,7 +15,7 @@ from megatron_detox.models.kv_cache import KVCache
 from megatron_detox.models.loading import build_model
 from megatron_detox.peft import PrefixKV, apply_prefix, prefix_length
 
-from .conftest import ragged_prompts, run, tiny_config
+from .conftest import assert_eos_compaction_exact, ragged_prompts, run, tiny_config
 
 VOCAB = 100
 PREFIX = 5
@@ -69,21 +69,7 @@ def test_cached_greedy_with_prefix_equals_recomputation(family: str, reparameter
 
 
 def test_eos_compaction_with_prefix_keeps_rows_exact() -> None:
-    model = prefixed(family_config("llama"))
-    prompts = _prompts(8, seed=1)
-    params = SamplingParams(greedy=True)
-    free = run(model, prompts, list(range(8)), params, new=12)
-    stops = {g.tokens[1] for g in free[:3]}  # rows stop at different steps: the cache is compacted
-    stopped = run(model, prompts, list(range(8)), params, new=12, stops=tuple(stops))
-    finished = 0
-    for a, b in zip(free, stopped, strict=True):
-        cut = next((i for i, t in enumerate(a.tokens) if t in stops), None)
-        if cut is None:
-            assert b.tokens == a.tokens and b.finish_reason == "length"
-        else:
-            finished += 1
-            assert b.tokens == a.tokens[:cut] and b.finish_reason == "eos"
-    assert finished >= 3
+    assert_eos_compaction_exact(prefixed(family_config("llama")), _prompts(8, seed=1))
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt"])
