@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from megatron_detox.generate.engine import GenerationCache, decode_one_token, generate_batch
+from megatron_detox.generate.projection import VocabProjection
 from megatron_detox.generate.sampling import SamplingParams
 from megatron_detox.models.loading import load_model
 
@@ -102,11 +103,12 @@ def main() -> None:
         prompts = text_prompts(Path(args.data), args.batch_size, args.prompt_len)
     params = SamplingParams(temperature=1.0, top_p=0.9)
     step = torch.compile(decode_one_token, dynamic=True) if args.compile else decode_one_token
+    projection = VocabProjection(model.output)  # as the generation stage: packed once per run
 
     def ours() -> int:
         out = generate_batch(model, prompts.tolist(), list(range(args.batch_size)), params,
                              max_new_tokens=args.new_tokens, vocab_size=cfg.vocab_size,
-                             head_dim=cfg.head_dim, seed=1, decode_step=step)
+                             head_dim=cfg.head_dim, seed=1, decode_step=step, projection=projection)
         return sum(len(g.tokens) for g in out)
 
     def theirs() -> int:

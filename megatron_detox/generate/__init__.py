@@ -1,6 +1,7 @@
 """Batched KV-cache generation and the SGEAT self-generation stage.
 
 - ``engine``: ``prefill`` / ``decode_one_token`` / ``generate_batch`` on token ids
+- ``projection``: the output layer on the sampled slots only (prepacked on CPU)
 - ``sampling``: greedy, temperature, top-k, top-p with one generator per sample id
 - ``prompts``: prompt JSONL -> numbered work items
 - ``writer``: per-rank append-only shards, merge into ``generations.jsonl``, manifest

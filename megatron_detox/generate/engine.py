@@ -19,15 +19,14 @@ key/value heads, which :func:`local_kv_heads` reads from the ``k_proj`` shard.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from megatron_detox.generate.projection import VocabProjection, output_detached
 from megatron_detox.generate.sampling import SamplingParams, draw_uniforms, sample_generator, sample_next
 from megatron_detox.models.gpt import Transformer
 from megatron_detox.models.kv_cache import KVCache
@@ -40,18 +39,26 @@ COMPACT_FRACTION = 0.25
 
 
 class GenerationCache(KVCache):
-    """A KV cache whose ``update`` returns only the slots written so far.
+    """A KV cache written in order, whose ``update`` returns only the slots written so far.
 
-    ``length`` is set by the engine before each forward: the buffers handed to
-    attention are ``[batch, length, kv_heads, head_dim]`` views, and the engine's mask
-    is ``[batch, 1, seq, length]`` to match.
+    ``length`` is set by the engine before each forward (and before the prefix is
+    written): the call writes slots ``[length - seq, length)``, which is what its
+    ``cache_pos`` says, as plain slices, and attention gets ``[batch, length, kv_heads,
+    head_dim]`` views. The engine's mask, if any, is ``[batch, 1, seq, length]``; a
+    single-token step without one sees every written slot.
     """
 
     length: int = 0
 
     def update(self, layer_id: int, cache_pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        keys, values = super().update(layer_id, cache_pos, k, v)
+        start = self.length - k.shape[1]
+        keys, values = self.keys[layer_id], self.values[layer_id]
+        keys[:, start:self.length] = k  # a slice copy costs a fraction of index_copy_ per decode step
+        values[:, start:self.length] = v
         return keys[:, : self.length], values[:, : self.length]
+
+    def default_mask(self, cache_pos: Tensor, kv_len: int) -> Tensor | None:
+        return None if cache_pos.numel() == 1 else super().default_mask(cache_pos, kv_len)
 
     def keep_rows(self, rows: Tensor) -> None:
         """Drop every batch row not in ``rows`` (``[new_batch]`` indices)."""
@@ -86,41 +93,6 @@ def kv_cache_bytes(model: Transformer, head_dim: int, batch_size: int, max_len: 
                              local_kv_heads(model, head_dim), head_dim, dtype)
 
 
-# On CPU the vocabulary projection of a decode step (49k x 576 by 32 rows for
-# SmolLM2) runs ~12% faster as slices of this many vocabulary rows than as one GEMM.
-VOCAB_CHUNK_ROWS = 1024
-
-
-@contextmanager
-def output_detached(model: Transformer) -> Iterator[nn.Module | None]:
-    """Run ``model`` as a stage without its output layer (it returns hidden states) and
-    yield that layer, so the caller projects only the slots it needs."""
-    output = model.output
-    if output is None:
-        yield None
-        return
-    model.output = None
-    try:
-        yield output
-    finally:
-        model.output = output
-
-
-def vocab_logits(output: nn.Module | None, last: Tensor) -> Tensor:
-    """Logits ``[batch, padded_vocab]`` of the last slot's ``[batch, hidden]`` output;
-    ``output`` None means the model already returned logits."""
-    if output is None:
-        return last
-    weight = output.weight
-    if type(output) is not nn.Linear or last.device.type != "cpu" or hasattr(weight, "to_local"):
-        return output(last)  # one GEMM on accelerators; DTensor weights keep their own path
-    logits = last.new_empty(last.shape[0], weight.shape[0])
-    for start in range(0, weight.shape[0], VOCAB_CHUNK_ROWS):
-        rows = slice(start, start + VOCAB_CHUNK_ROWS)
-        logits[:, rows] = F.linear(last, weight[rows], None if output.bias is None else output.bias[rows])
-    return logits
-
-
 def prefill(model: Transformer, tokens: Tensor, positions: Tensor, mask: Tensor, cache: GenerationCache) -> Tensor:
     """Run the prompts ``[batch, seq]``; returns the model's output at their last slot.
 
@@ -136,13 +108,14 @@ def prefill(model: Transformer, tokens: Tensor, positions: Tensor, mask: Tensor,
 
 
 def decode_one_token(
-    model: Transformer, token: Tensor, position: Tensor, mask: Tensor, cache: GenerationCache, slot: Tensor
+    model: Transformer, token: Tensor, position: Tensor, mask: Tensor | None, cache: GenerationCache, slot: Tensor
 ) -> Tensor:
-    """One step: token/position ``[batch, 1]``, mask ``[batch, 1, 1, slot+1]`` -> output ``[batch, vocab|hidden]``.
+    """One step: token/position ``[batch, 1]``, mask ``[batch, 1, 1, slot+1]`` or None (no
+    padding to hide) -> output ``[batch, vocab|hidden]``.
 
-    ``slot`` (``[1]``) is the cache slot written, prefix slots included.
+    ``slot`` (``[1]``) is the cache slot written, prefix slots included; the caller has
+    set ``cache.length`` to ``slot + 1``.
     """
-    cache.length = mask.shape[-1]
     return model(token, position, mask, cache, slot)[:, -1]
 
 
@@ -158,11 +131,13 @@ def generate_batch(
     stop_ids: Sequence[int] = (),
     seed: int = 0,
     decode_step: Callable[..., Tensor] = decode_one_token,
+    projection: VocabProjection | None = None,
 ) -> list[Generation]:
     """Generate for one batch (all rows at once); results in the order of ``sample_ids``.
 
     Every prompt needs at least one token (use BOS/EOS for unconditional samples).
-    ``decode_step`` may be a ``torch.compile``d :func:`decode_one_token`.
+    ``decode_step`` may be a ``torch.compile``d :func:`decode_one_token`. ``projection``
+    (of ``model.output``) lets a run of many batches prepack the output weight once.
     """
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
@@ -206,12 +181,15 @@ def generate_batch(
     num_tokens = torch.full((batch,), max_new_tokens, dtype=torch.long, device=device)
     hit_eos = torch.zeros(batch, dtype=torch.bool, device=device)
     rows = torch.arange(batch, device=device)  # original row of each cache row
+    padded = not bool(key_valid.all())
     alive = torch.ones(batch, dtype=torch.bool, device=device)  # cache rows still sampling
 
     with torch.inference_mode(), output_detached(model) as output:
+        project = projection if projection is not None else VocabProjection(output)
         if prefix_len:
+            cache.length = prefix_len
             fill_prefix_cache(model, cache)  # slots [0, prefix_len), the same for every row
-        logits = vocab_logits(output, prefill(model, tokens, positions[:, :prompt_len], prefill_mask[:, None], cache))
+        logits = project(prefill(model, tokens, positions[:, :prompt_len], prefill_mask[:, None], cache))
         for step in range(max_new_tokens):
             live = alive.nonzero().squeeze(1)  # [live]
             live_list = live.tolist()
@@ -234,12 +212,15 @@ def generate_batch(
                 cache.keep_rows(keep)
                 key_valid, positions, rows = key_valid[keep], positions[keep], rows[keep]
                 next_token, alive = next_token[keep], alive[keep]
+                padded = not bool(key_valid.all())
                 generators = [generators[i] for i in keep.tolist()]
             slot = prompt_len + step  # token slot (position index); the cache slot is prefix_len later
             cache_slot = prefix_len + slot
-            logits = vocab_logits(output, decode_step(
-                model, next_token[:, None], positions[:, slot:slot + 1], key_valid[:, None, None, :cache_slot + 1],
-                cache, slots[cache_slot:cache_slot + 1],
+            # Without padding a step needs no mask: its token sees every written slot.
+            mask = key_valid[:, None, None, :cache_slot + 1] if padded else None
+            cache.length = cache_slot + 1
+            logits = project(decode_step(
+                model, next_token[:, None], positions[:, slot:slot + 1], mask, cache, slots[cache_slot:cache_slot + 1],
             ))
     result = []
     for row, sample_id in enumerate(sample_ids):

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from megatron_detox.generate.engine import output_detached, vocab_logits
+from megatron_detox.generate.projection import VocabProjection, output_detached
 from megatron_detox.models.gpt import Transformer
 from megatron_detox.models.kv_cache import KVCache
 
@@ -35,6 +35,7 @@ class PipelineDecoder:
         self.stage = stage
         self.num_stages = num_stages
         self.config = part.config
+        self.projection = VocabProjection(part.output)
 
     @property
     def layers(self) -> nn.ModuleDict:
@@ -50,7 +51,8 @@ class PipelineDecoder:
     def get_submodule(self, target: str) -> nn.Module:
         return self.part.get_submodule(target)
 
-    def __call__(self, tokens: Tensor, positions: Tensor, mask: Tensor, cache: KVCache, cache_pos: Tensor) -> Tensor:
+    def __call__(self, tokens: Tensor, positions: Tensor, mask: Tensor | None, cache: KVCache,
+                 cache_pos: Tensor) -> Tensor:
         """tokens ``[batch, seq]`` (only its shape is used after stage 0) -> logits ``[batch, 1, vocab]``."""
         batch, seq = tokens.shape[:2]
         param = next(self.part.parameters())
@@ -61,10 +63,9 @@ class PipelineDecoder:
             dist.recv(x, group=self.group, group_src=self.stage - 1)
         last = self.stage == self.num_stages - 1
         if last:
-            with output_detached(self.part) as output:  # project only the last slot (prefill needs no more)
+            with output_detached(self.part):  # project only the last slot (prefill needs no more)
                 hidden = self.part(x, positions, mask, cache, cache_pos)
-            assert output is not None
-            logits = vocab_logits(output, hidden[:, -1])[:, None].contiguous()  # [batch, 1, padded_vocab]
+            logits = self.projection(hidden[:, -1])[:, None].contiguous()  # [batch, 1, padded_vocab]
         else:
             dist.send(self.part(x, positions, mask, cache, cache_pos).contiguous(), group=self.group,
                       group_dst=self.stage + 1)

@@ -123,6 +123,8 @@ def _np_nucleus_sample(probs: np.ndarray, top_p: float, u: float) -> int:
     threshold = float(probs.max()) / NUCLEUS_START
     while True:
         ids = np.flatnonzero(probs >= threshold)  # the most likely tokens, in id order
+        if not ids.size:  # a finite row always has its maximum among them
+            raise ValueError("the model produced non-finite logits (NaN); check the weights and dtype")
         candidates = probs[ids]
         widen = threshold > 0.0 and candidates.sum(dtype=np.float64) < top_p
         if not widen:

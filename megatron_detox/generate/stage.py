@@ -22,6 +22,7 @@ from tqdm import tqdm
 from megatron_detox.atomic import write_json_atomic
 from megatron_detox.errors import UserError
 from megatron_detox.generate.engine import decode_one_token, generate_batch, kv_cache_bytes
+from megatron_detox.generate.projection import VocabProjection
 from megatron_detox.generate.prompts import WorkItem
 from megatron_detox.generate.sampling import SamplingParams
 from megatron_detox.generate.writer import (
@@ -161,6 +162,7 @@ def run_generation_stage(
     writer = ShardWriter(shard_path(out, dp_rank)) if writer_rank else None
     bar = tqdm(total=len(mine), unit="sample", disable=not progress, desc=f"generate rank {dp_rank}")
     total_tokens, started = 0, time.perf_counter()
+    projection = VocabProjection(model.output)  # one prepacked output weight for every batch
     try:
         for start in range(0, len(mine), fitted):
             batch = mine[start:start + fitted]
@@ -168,7 +170,7 @@ def run_generation_stage(
             results = generate_batch(
                 model, [encoded[item.id] for item in batch], [item.id for item in batch], spec.params,
                 max_new_tokens=spec.max_new_tokens, vocab_size=spec.vocab_size, head_dim=spec.head_dim,
-                stop_ids=spec.stop_ids, seed=spec.seed, decode_step=decode_step,
+                stop_ids=spec.stop_ids, seed=spec.seed, decode_step=decode_step, projection=projection,
             )
             seconds = time.perf_counter() - batch_started
             records = [{"id": item.id, "prompt_index": item.prompt_index, "sample_index": item.sample_index,

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from megatron_detox.models.config import ModelConfig
 from megatron_detox.models.kv_cache import KVCache
+from megatron_detox.models.masks import causal_mask
 
 Rope = tuple[Tensor, Tensor]
 
@@ -32,35 +33,25 @@ def build_norm(cfg: ModelConfig) -> nn.Module:
 
 
 def rope_cos_sin(positions: Tensor, head_dim: int, theta: float) -> Rope:
-    """cos/sin tables ``[batch, seq, head_dim]`` for the given positions (rotate-half layout)."""
+    """cos and signed sin tables ``[batch, seq, 1, head_dim]`` for the given positions.
+
+    Rotate-half layout, with the sign of the rotation folded into the first half of the
+    sin table, so :func:`apply_rope` is two products and a sum (bit-identical to
+    ``x * cos + rotate_half(x) * sin``).
+    """
     exponent = torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).float()
     inv_freq = 1.0 / (theta ** (exponent / head_dim))
-    freqs = positions.float()[..., None] * inv_freq  # [batch, seq, head_dim/2]
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos(), emb.sin()
-
-
-def _rotate_half(x: Tensor) -> Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+    freqs = positions.float()[..., None, None] * inv_freq  # [batch, seq, 1, head_dim/2]
+    cos, sin = freqs.cos(), freqs.sin()
+    return torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
 
 
 def apply_rope(x: Tensor, rope: Rope) -> Tensor:
     """Rotate ``x`` ([batch, seq, heads, head_dim]) by per-position angles."""
-    cos, sin = (t.unsqueeze(2).to(x.dtype) for t in rope)
-    return x * cos + _rotate_half(x) * sin
-
-
-def causal_mask(query_pos: Tensor, key_len: int, prefix_len: int = 0) -> Tensor:
-    """Boolean mask ``[seq, prefix_len + key_len]``: query at slot p sees keys at slots <= p.
-
-    Prefix slots are always visible.
-    """
-    keys = torch.arange(key_len, device=query_pos.device)
-    mask = keys[None, :] <= query_pos[:, None]
-    if prefix_len:
-        mask = torch.cat([mask.new_ones(mask.shape[0], prefix_len), mask], dim=1)
-    return mask
+    cos, sin = (t.to(x.dtype) for t in rope)
+    half = x.shape[-1] // 2
+    swapped = torch.cat((x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + swapped * sin
 
 
 class Attention(nn.Module):
@@ -88,15 +79,17 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(batch, seq, -1, self.head_dim)  # [batch, seq, heads, head_dim]
         k = self.k_proj(x).view(batch, seq, -1, self.head_dim)  # [batch, seq, kv_heads, head_dim]
         v = self.v_proj(x).view(batch, seq, -1, self.head_dim)
-        if rope is not None:
-            q, k = apply_rope(q, rope), apply_rope(k, rope)
+        heads, kv_heads = q.shape[2], k.shape[2]
+        if rope is not None:  # queries and keys rotated as one tensor: half the small kernels
+            qk = apply_rope(torch.cat((q, k), dim=2), rope)
+            q, k = qk[:, :, :heads], qk[:, :, heads:]
 
         is_causal = False
         if cache is not None:
             assert cache_pos is not None, "cache_pos is required with a KV cache"
             k, v = cache.update(self.layer_id, cache_pos, k, v)
             if mask is None:
-                mask = causal_mask(cache_pos, k.shape[1])
+                mask = cache.default_mask(cache_pos, k.shape[1])
         elif self.prefix is not None:
             prefix_k, prefix_v = self.prefix(batch)  # [batch, P, kv_heads, head_dim]
             prefix_len = prefix_k.shape[1]
@@ -109,14 +102,28 @@ class Attention(nn.Module):
         elif mask is None:
             is_causal = True
 
+        dropout_p = self.dropout_p if self.training else 0.0
+        if seq == 1 and heads != kv_heads and not is_causal and (mask is None or mask.shape[1] == 1):
+            # Decoding one token with grouped-query attention: the query heads sharing a
+            # key/value head become that head's rows ([batch, kv_heads, group, head_dim]), so
+            # attention reads each cached key once rather than once per query head. The
+            # mask is per key, the same for every row.
+            out = F.scaled_dot_product_attention(
+                q.reshape(batch, kv_heads, heads // kv_heads, self.head_dim),
+                k.transpose(1, 2),  # [batch, kv_heads, kv_len, head_dim]
+                v.transpose(1, 2),
+                attn_mask=mask,
+                dropout_p=dropout_p,
+            )
+            return self.o_proj(out.reshape(batch, 1, -1))
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2),  # [batch, heads, seq, head_dim]
             k.transpose(1, 2),  # [batch, kv_heads, kv_len, head_dim]
             v.transpose(1, 2),
             attn_mask=mask,
-            dropout_p=self.dropout_p if self.training else 0.0,
+            dropout_p=dropout_p,
             is_causal=is_causal,
-            enable_gqa=q.shape[2] != k.shape[2],
+            enable_gqa=heads != kv_heads,
         )
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
 

@@ -7,6 +7,8 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
+from megatron_detox.models.masks import causal_mask
+
 
 class KVCache:
     """Per-layer key/value buffers written in place at given slots.
@@ -50,3 +52,8 @@ class KVCache:
         keys.index_copy_(1, cache_pos, k.to(keys.dtype))
         values.index_copy_(1, cache_pos, v.to(values.dtype))
         return keys, values
+
+    def default_mask(self, cache_pos: Tensor, kv_len: int) -> Tensor | None:
+        """The mask when the caller gave none: causal over the slots, which also hides
+        the slots not yet written (``update`` returns whole buffers)."""
+        return causal_mask(cache_pos, kv_len)

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from megatron_detox.generate.engine import VOCAB_CHUNK_ROWS, GenerationCache, generate_batch, vocab_logits
+from megatron_detox.generate.engine import GenerationCache, generate_batch
+from megatron_detox.generate.projection import VOCAB_CHUNK_ROWS, VocabProjection
 from megatron_detox.generate.sampling import SamplingParams
 
 from .conftest import assert_eos_compaction_exact, ragged_prompts, run, tiny_config, tiny_model
@@ -132,9 +133,17 @@ def _prompts(n: int, seed: int = 0) -> list[list[int]]:
     return ragged_prompts(n, VOCAB, seed, max_length=11)
 
 
-def test_vocab_projection_in_slices_equals_one_gemm() -> None:
+@pytest.mark.parametrize("prepack", [True, False], ids=["onednn", "slices"])
+def test_vocab_projection_equals_the_output_layer(prepack: bool) -> None:
     output = nn.Linear(16, 2 * VOCAB_CHUNK_ROWS + 300)  # two full slices and a partial one, with bias
-    last = torch.randn(3, 16)
+    project = VocabProjection(output, prepack=prepack)
     with torch.no_grad():
-        torch.testing.assert_close(vocab_logits(output, last), output(last))
-    assert vocab_logits(None, last) is last  # a model that returned logits itself
+        for rows in (3, 32, 1):  # the packed weight serves any batch size
+            last = torch.randn(rows, 16)
+            torch.testing.assert_close(project(last), output(last))
+        output.weight.mul_(2.0)  # a changed weight is packed again, never served stale
+        torch.testing.assert_close(project(last), output(last))
+        output.weight = nn.Parameter(torch.randn_like(output.weight))  # so is a replaced one
+        torch.testing.assert_close(project(last), output(last))
+    last = torch.randn(2, 16)
+    assert VocabProjection(None)(last) is last  # a model that returned logits itself
