@@ -28,6 +28,7 @@ setup(
         "tqdm>=4.66,<5",
         "gguf>=0.10,<0.20",
         "safetensors>=0.4,<0.8",
+        "threadpoolctl>=3.1,<4",  # numpy's BLAS gets torch's thread count (generate/cpu_linears.py)
     ],
     extras_require={
         "scoring": ["alt-profanity-check>=1.5,<2"],

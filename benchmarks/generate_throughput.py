@@ -27,9 +27,11 @@ from pathlib import Path
 
 import torch
 
+from megatron_detox.generate.cpu_linears import CpuDecodeLinears
 from megatron_detox.generate.engine import GenerationCache, decode_one_token, generate_batch
 from megatron_detox.generate.projection import VocabProjection
 from megatron_detox.generate.sampling import SamplingParams
+from megatron_detox.generate.stage import use_cpu_decode_linears
 from megatron_detox.models.loading import load_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,6 +92,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="torch.compile our decode step")
     parser.add_argument("--prompts", choices=("text", "random"), default="text")
+    parser.add_argument("--torch-gemm", action="store_true",
+                        help="keep torch's GEMMs for our decode steps (no CpuDecodeLinears): the ablation")
     parser.add_argument("--data", default=os.environ.get("MEGATRON_DETOX_DATA", str(REPO.parent / "shared" / "data")))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -104,6 +108,10 @@ def main() -> None:
     params = SamplingParams(temperature=1.0, top_p=0.9)
     step = torch.compile(decode_one_token, dynamic=True) if args.compile else decode_one_token
     projection = VocabProjection(model.output)  # as the generation stage: packed once per run
+    setup = time.perf_counter()
+    fast = not args.torch_gemm and use_cpu_decode_linears(model, step)
+    linears = CpuDecodeLinears(model, exclude=(model.output,)).__enter__() if fast else None  # as the stage: per run
+    print(f"cpu_decode_linears={fast} (setup {time.perf_counter() - setup:.2f} s, once per run)")
 
     def ours() -> int:
         out = generate_batch(model, prompts.tolist(), list(range(args.batch_size)), params,
@@ -145,6 +153,8 @@ def main() -> None:
     fraction = step_bytes / step_time / bandwidth
     print(f"threads={args.threads} weights={weight_bytes / 2**20:.0f} MiB kv/step={kv_per_slot * mean_len / 2**20:.1f} MiB "
           f"step={step_time * 1e3:.1f} ms copy_bandwidth={bandwidth / 1e9:.1f} GB/s roofline_fraction={fraction:.3f}")
+    if linears is not None:
+        linears.__exit__(None, None, None)
     print(f"ratio={rate['ours'] / rate['transformers']:.3f}")
 
 

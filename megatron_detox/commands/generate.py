@@ -51,7 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size)
     parser.add_argument("--ignore-eos", action="store_true", help="always generate --max-new-tokens tokens")
     parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the decode step (~40 s to compile; ~5%% faster steps measured on CPU)")
+                        help="torch.compile the decode step (~40 s to compile; it keeps torch's GEMMs, so on CPU it "
+                             "forgoes the faster K-major decode linears: see docs/benchmarks.md)")
     parser.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (under torchrun)")
     parser.add_argument("--pp", type=int, default=1, help="pipeline stages (under torchrun)")
     parser.add_argument("--no-progress", action="store_true")

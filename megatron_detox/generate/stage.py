@@ -7,6 +7,7 @@ Tokenization, files and progress live here; the engine sees token ids only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -21,6 +22,7 @@ from tqdm import tqdm
 
 from megatron_detox.atomic import write_json_atomic
 from megatron_detox.errors import UserError
+from megatron_detox.generate.cpu_linears import CpuDecodeLinears
 from megatron_detox.generate.engine import decode_one_token, generate_batch, kv_cache_bytes
 from megatron_detox.generate.projection import VocabProjection
 from megatron_detox.generate.prompts import WorkItem
@@ -76,6 +78,17 @@ def free_memory_bytes(device: torch.device) -> int | None:
     except OSError:
         pass
     return None
+
+
+def use_cpu_decode_linears(model: Transformer, decode_step: Callable[..., Tensor]) -> bool:
+    """Whether a run takes :class:`CpuDecodeLinears`: an eager decode step on CPU, with
+    memory for the K-major copy of the weights it holds while the run lasts."""
+    param = next(model.parameters())
+    if param.device.type != "cpu" or decode_step is not decode_one_token:  # compiled steps keep torch's GEMMs
+        return False
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    free = free_memory_bytes(param.device)
+    return free is not None and free > 2 * weights
 
 
 def fit_batch_size(model: Transformer, head_dim: int, batch_size: int, max_len: int,
@@ -163,30 +176,33 @@ def run_generation_stage(
     bar = tqdm(total=len(mine), unit="sample", disable=not progress, desc=f"generate rank {dp_rank}")
     total_tokens, started = 0, time.perf_counter()
     projection = VocabProjection(model.output)  # one prepacked output weight for every batch
+    fast_linears = (CpuDecodeLinears(model, exclude=(model.output,)) if use_cpu_decode_linears(model, decode_step)
+                    else contextlib.nullcontext())
     try:
-        for start in range(0, len(mine), fitted):
-            batch = mine[start:start + fitted]
-            batch_started = time.perf_counter()
-            results = generate_batch(
-                model, [encoded[item.id] for item in batch], [item.id for item in batch], spec.params,
-                max_new_tokens=spec.max_new_tokens, vocab_size=spec.vocab_size, head_dim=spec.head_dim,
-                stop_ids=spec.stop_ids, seed=spec.seed, decode_step=decode_step, projection=projection,
-            )
-            seconds = time.perf_counter() - batch_started
-            records = [{"id": item.id, "prompt_index": item.prompt_index, "sample_index": item.sample_index,
-                        "prompt": item.prompt, "text": tokenizer.decode(g.tokens), "num_tokens": len(g.tokens),
-                        "finish_reason": g.finish_reason} for item, g in zip(batch, results, strict=True)]
-            if writer is None:
-                continue
-            writer.append(records)
-            # Tokens actually computed: an EOS counts, it cost a step like any other token.
-            tokens = sum(len(g.tokens) + (g.finish_reason == "eos") for g in results)
-            total_tokens += tokens
-            append_metrics(out, dp_rank, {"rank": dp_rank, "samples": len(batch), "tokens": tokens,
-                                          "seconds": seconds, "tokens_per_s": tokens / seconds})
-            bar.update(len(batch))
-            elapsed = time.perf_counter() - started
-            bar.set_postfix(tokens_per_s=f"{total_tokens / elapsed:.1f}")
+        with fast_linears:
+            for start in range(0, len(mine), fitted):
+                batch = mine[start:start + fitted]
+                batch_started = time.perf_counter()
+                results = generate_batch(
+                    model, [encoded[item.id] for item in batch], [item.id for item in batch], spec.params,
+                    max_new_tokens=spec.max_new_tokens, vocab_size=spec.vocab_size, head_dim=spec.head_dim,
+                    stop_ids=spec.stop_ids, seed=spec.seed, decode_step=decode_step, projection=projection,
+                )
+                seconds = time.perf_counter() - batch_started
+                records = [{"id": item.id, "prompt_index": item.prompt_index, "sample_index": item.sample_index,
+                            "prompt": item.prompt, "text": tokenizer.decode(g.tokens), "num_tokens": len(g.tokens),
+                            "finish_reason": g.finish_reason} for item, g in zip(batch, results, strict=True)]
+                if writer is None:
+                    continue
+                writer.append(records)
+                # Tokens actually computed: an EOS counts, it cost a step like any other token.
+                tokens = sum(len(g.tokens) + (g.finish_reason == "eos") for g in results)
+                total_tokens += tokens
+                append_metrics(out, dp_rank, {"rank": dp_rank, "samples": len(batch), "tokens": tokens,
+                                              "seconds": seconds, "tokens_per_s": tokens / seconds})
+                bar.update(len(batch))
+                elapsed = time.perf_counter() - started
+                bar.set_postfix(tokens_per_s=f"{total_tokens / elapsed:.1f}")
     finally:
         bar.close()
         if writer is not None:

@@ -1,0 +1,43 @@
+"""CpuDecodeLinears: numpy's BLAS on K-major weights gives torch's linear, only while entered."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from megatron_detox.generate.cpu_linears import DECODE_MAX_ROWS, CpuDecodeLinears
+from megatron_detox.generate.sampling import SamplingParams
+
+from .conftest import ragged_prompts, run, tiny_config, tiny_model
+
+
+def test_small_inputs_match_torch_and_the_forward_is_restored() -> None:
+    model = nn.Sequential(nn.Linear(24, 40), nn.Linear(40, 8, bias=False))
+    x = torch.randn(5, 1, 24)
+    with torch.no_grad():
+        expected = model(x)
+        with CpuDecodeLinears(model) as fast:
+            assert len(fast.modules) == 2 and all("forward" in m.__dict__ for m in fast.modules)
+            torch.testing.assert_close(model(x), expected)
+            big = torch.randn(DECODE_MAX_ROWS + 1, 24)  # prefill-sized: torch's own GEMM
+            torch.testing.assert_close(model[0](big), nn.functional.linear(big, model[0].weight, model[0].bias))
+            model[0].weight.mul_(3.0)  # a weight changed while entered is never served stale
+            torch.testing.assert_close(model[0](x), nn.functional.linear(x, model[0].weight, model[0].bias))
+    assert not any("forward" in m.__dict__ for m in model)
+
+
+def test_excluded_hooked_and_non_fp32_layers_keep_torch() -> None:
+    hooked, excluded, half = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4).to(torch.bfloat16)
+    hooked.register_forward_hook(lambda module, inputs, out: out)
+    model = nn.Sequential(hooked, excluded, half, nn.Linear(4, 4))
+    assert len(CpuDecodeLinears(model, exclude=(excluded,)).modules) == 1
+
+
+def test_generation_is_unchanged() -> None:
+    model = tiny_model(tiny_config(100))
+    prompts = ragged_prompts(6, 100, 2, max_length=9)
+    params = SamplingParams(greedy=True)
+    plain = run(model, prompts, list(range(6)), params, new=10)
+    with CpuDecodeLinears(model, exclude=(model.output,)):
+        fast = run(model, prompts, list(range(6)), params, new=10)
+    assert [g.tokens for g in fast] == [g.tokens for g in plain]
