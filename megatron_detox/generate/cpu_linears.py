@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import torch
@@ -27,16 +27,28 @@ from torch import Tensor, nn
 DECODE_MAX_ROWS = 256
 
 
-def _eligible(module: nn.Module) -> bool:
-    weight = module.weight if isinstance(module, nn.Linear) else None
+def plain_cpu_linear(module: nn.Module | None) -> TypeGuard[nn.Linear]:
+    """An ``nn.Linear`` (not a subclass) without forward hooks whose weight is a local
+    CPU tensor: the layers the CPU fast paths may run themselves. DTensor shards, hooked
+    layers and accelerators keep the layer's own forward."""
     return (
         type(module) is nn.Linear
-        and weight is not None
-        and weight.device.type == "cpu"
-        and weight.dtype == torch.float32
-        and not hasattr(weight, "to_local")  # DTensor shards keep torch's path
+        and module.weight.device.type == "cpu"
+        and not hasattr(module.weight, "to_local")
         and not (module._forward_hooks or module._forward_pre_hooks)
     )
+
+
+class WeightVersion:
+    """The weight a derived copy was made from: the tensor and its in-place version."""
+
+    def __init__(self, weight: Tensor) -> None:
+        self.weight = weight
+        self.version = weight._version
+
+    def matches(self, weight: Tensor) -> bool:
+        """False once the weight is replaced or changed in place: the copy is stale."""
+        return weight is self.weight and weight._version == self.version
 
 
 class _KMajorForward:
@@ -45,13 +57,13 @@ class _KMajorForward:
     def __init__(self, module: nn.Linear) -> None:
         self.module = module
         self.weight_k = module.weight.detach().t().contiguous().numpy()  # [in, out]
-        self.source = (module.weight, module.weight._version)
+        self.source = WeightVersion(module.weight)
 
     def __call__(self, x: Tensor) -> Tensor:
         module = self.module
         rows = x.numel() // x.shape[-1] if x.dim() else 0
         if (rows > DECODE_MAX_ROWS or x.dtype != torch.float32 or x.requires_grad or x.device.type != "cpu"
-                or self.source != (module.weight, module.weight._version)):
+                or not self.source.matches(module.weight)):
             return F.linear(x, module.weight, module.bias)
         flat = x.reshape(rows, x.shape[-1]).contiguous()
         out = flat.new_empty(rows, self.weight_k.shape[1])
@@ -70,7 +82,8 @@ class CpuDecodeLinears:
     """
 
     def __init__(self, model: Any, exclude: tuple[nn.Module | None, ...] = ()) -> None:
-        self.modules = [m for m in model.modules() if _eligible(m) and not any(m is e for e in exclude)]
+        self.modules = [m for m in model.modules() if plain_cpu_linear(m) and m.weight.dtype == torch.float32
+                        and not any(m is e for e in exclude)]
         self._limits: contextlib.ExitStack | None = None
 
     def __enter__(self) -> CpuDecodeLinears:
@@ -82,7 +95,7 @@ class CpuDecodeLinears:
         else:
             self._limits.enter_context(threadpool_limits(limits=torch.get_num_threads(), user_api="blas"))
         for module in self.modules:
-            module.forward = _KMajorForward(module)  # type: ignore[method-assign]
+            module.forward = _KMajorForward(module)  # type: ignore[method-assign, assignment]
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

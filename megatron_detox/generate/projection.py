@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from megatron_detox.generate.cpu_linears import WeightVersion, plain_cpu_linear
+
 VOCAB_CHUNK_ROWS = 1024
 
 
@@ -36,10 +38,6 @@ def output_detached(model: Any) -> Iterator[nn.Module | None]:
         model.output = output
 
 
-def _has_hooks(module: nn.Module) -> bool:
-    return bool(module._forward_hooks or module._forward_pre_hooks)
-
-
 class VocabProjection:
     """``output`` applied to ``[batch, hidden]`` -> logits ``[batch, padded_vocab]``.
 
@@ -54,16 +52,15 @@ class VocabProjection:
         self.prepack = prepack and hasattr(torch.ops.mkldnn, "_reorder_linear_weight") \
             and torch.backends.mkldnn.is_available()
         self._packed: Tensor | None = None
-        self._packed_from: tuple[Tensor, int] | None = None
+        self._packed_from: WeightVersion | None = None
 
     def __call__(self, last: Tensor) -> Tensor:
         output = self.output
         if output is None:
             return last
-        weight = output.weight
-        if (type(output) is not nn.Linear or last.device.type != "cpu" or hasattr(weight, "to_local")
-                or _has_hooks(output)):
+        if not plain_cpu_linear(output):
             return output(last)
+        weight = output.weight
         if self.prepack and weight.dtype == torch.float32 and last.dtype == torch.float32:
             return torch.ops.mkldnn._linear_pointwise(last, self._packed_weight(weight, last.shape[0]),
                                                       output.bias, "none", [], "")
@@ -74,9 +71,8 @@ class VocabProjection:
         return logits
 
     def _packed_weight(self, weight: Tensor, batch: int) -> Tensor:
-        source = self._packed_from
-        if self._packed is None or source is None or source[0] is not weight or source[1] != weight._version:
+        if self._packed is None or self._packed_from is None or not self._packed_from.matches(weight):
             with torch.no_grad():
                 self._packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), batch)
-            self._packed_from = (weight, weight._version)
+            self._packed_from = WeightVersion(weight)
         return self._packed

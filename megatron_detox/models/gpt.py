@@ -102,30 +102,23 @@ class Attention(nn.Module):
         elif mask is None:
             is_causal = True
 
-        dropout_p = self.dropout_p if self.training else 0.0
-        if seq == 1 and heads != kv_heads and not is_causal and (mask is None or mask.shape[1] == 1):
-            # Decoding one token with grouped-query attention: the query heads sharing a
-            # key/value head become that head's rows ([batch, kv_heads, group, head_dim]), so
-            # attention reads each cached key once rather than once per query head. The
-            # mask is per key, the same for every row.
-            out = F.scaled_dot_product_attention(
-                q.reshape(batch, kv_heads, heads // kv_heads, self.head_dim),
-                k.transpose(1, 2),  # [batch, kv_heads, kv_len, head_dim]
-                v.transpose(1, 2),
-                attn_mask=mask,
-                dropout_p=dropout_p,
-            )
-            return self.o_proj(out.reshape(batch, 1, -1))
+        # Decoding one token with grouped-query attention: the query heads sharing a
+        # key/value head become that head's rows ([batch, kv_heads, group, head_dim]), so
+        # attention reads each cached key once rather than once per query head. The mask
+        # is per key, the same for every row.
+        grouped = seq == 1 and heads != kv_heads and not is_causal and (mask is None or mask.shape[1] == 1)
         out = F.scaled_dot_product_attention(
-            q.transpose(1, 2),  # [batch, heads, seq, head_dim]
+            q.reshape(batch, kv_heads, heads // kv_heads, self.head_dim) if grouped
+            else q.transpose(1, 2),  # [batch, heads, seq, head_dim]
             k.transpose(1, 2),  # [batch, kv_heads, kv_len, head_dim]
             v.transpose(1, 2),
             attn_mask=mask,
-            dropout_p=dropout_p,
+            dropout_p=self.dropout_p if self.training else 0.0,
             is_causal=is_causal,
-            enable_gqa=heads != kv_heads,
+            enable_gqa=heads != kv_heads and not grouped,
         )
-        return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
+        out = out.reshape(batch, 1, -1) if grouped else out.transpose(1, 2).reshape(batch, seq, -1)
+        return self.o_proj(out)
 
 
 class MLP(nn.Module):

@@ -23,6 +23,9 @@ def test_small_inputs_match_torch_and_the_forward_is_restored() -> None:
             torch.testing.assert_close(model[0](big), nn.functional.linear(big, model[0].weight, model[0].bias))
             model[0].weight.mul_(3.0)  # a weight changed while entered is never served stale
             torch.testing.assert_close(model[0](x), nn.functional.linear(x, model[0].weight, model[0].bias))
+            model[1].weight = nn.Parameter(torch.randn(8, 40))  # nor is a replaced one
+            h = torch.randn(5, 1, 40)
+            torch.testing.assert_close(model[1](h), nn.functional.linear(h, model[1].weight))
     assert not any("forward" in m.__dict__ for m in model)
 
 
