@@ -81,10 +81,17 @@ def free_memory_bytes(device: torch.device) -> int | None:
 
 
 def use_cpu_decode_linears(model: Transformer, decode_step: Callable[..., Tensor]) -> bool:
-    """Whether a run takes :class:`CpuDecodeLinears`: an eager decode step on CPU, with
-    memory for the K-major copy of the weights it holds while the run lasts."""
+    """Whether a run takes :class:`CpuDecodeLinears`: an eager decode step on CPU at one
+    thread, with memory for the K-major copy of the weights it holds while the run lasts.
+
+    Only at one thread: with more, OpenBLAS's pthreads and torch's OpenMP workers spin
+    against each other between calls and the step gets ~4x slower than torch's own GEMMs
+    (0.24x transformers at 2 threads, ``docs/benchmarks.md``).
+    """
     param = next(model.parameters())
     if param.device.type != "cpu" or decode_step is not decode_one_token:  # compiled steps keep torch's GEMMs
+        return False
+    if torch.get_num_threads() != 1:
         return False
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     free = free_memory_bytes(param.device)

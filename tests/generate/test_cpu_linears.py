@@ -44,3 +44,20 @@ def test_generation_is_unchanged() -> None:
     with CpuDecodeLinears(model, exclude=(model.output,)):
         fast = run(model, prompts, list(range(6)), params, new=10)
     assert [g.tokens for g in fast] == [g.tokens for g in plain]
+
+
+def test_enabled_only_at_one_thread() -> None:
+    """With several threads OpenBLAS and torch's OpenMP pools fight: torch's GEMMs stay."""
+    from megatron_detox.generate.engine import decode_one_token
+    from megatron_detox.generate.stage import use_cpu_decode_linears
+
+    model = tiny_model(tiny_config(100))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert use_cpu_decode_linears(model, decode_one_token)
+        assert not use_cpu_decode_linears(model, torch.compile(decode_one_token))
+        torch.set_num_threads(2)
+        assert not use_cpu_decode_linears(model, decode_one_token)
+    finally:
+        torch.set_num_threads(threads)
