@@ -1,16 +1,23 @@
-"""Batched generation with a preallocated KV cache (gpt-fast style), token ids only.
+"""Continuously batched generation with a preallocated KV cache (gpt-fast style), token ids only.
 
-Ragged prompts are left-padded to a common length ``L``, so every row writes cache slot
-``t`` at step ``t`` and the whole batch shares ``cache_pos``. Each row has its own
-positions (slot minus its padding) and a key mask hiding its padding slots. Attention
-only reads the slots written so far (:class:`GenerationCache`), so decoding step ``t``
-costs ``O(t)``, not ``O(max_len)``.
+Each cache row holds one sample at a time: its prompt in slots ``[P, P + n)`` (``P``
+prefix slots first, see below), then one slot per decoded token, so every row has its
+own length and positions (slot minus ``P``). A decode step writes each row at its own
+slot (:class:`GenerationCache`) and a key mask ``[batch, 1, 1, max_len]`` hides what a
+row has not written; when every row has the same length no mask is needed.
+
+When a row finishes (a stop id or ``max_new_tokens``) the next pending sample is
+prefilled into it right away, so the batch stays full until the queue drains
+(vLLM-style continuous batching); only then are finished rows compacted out. Prompts
+are prefilled in groups of equal length, without padding, in a scratch cache whose
+slots are copied into the rows. Every sample draws from its own generator, so its text
+depends on the seed, its id and the model only, not on the batch size or on when it
+entered the batch.
 
 Prefix tuning (``peft.prefix``): a model with ``P = prefix_length(model) > 0`` keeps its
-prefix keys/values in the cache's first ``P`` slots (:func:`fill_prefix_cache`), so token
-slot ``t`` is cache slot ``P + t`` while positions stay as without prefix (the prefix has
-no position), and every mask starts with ``P`` always-visible columns. With ``P == 0``
-none of this costs anything.
+prefix keys/values in every row's first ``P`` slots (:func:`fill_prefix_cache`), while
+positions stay as without prefix (the prefix has no position); with ``P == 0`` none of
+this costs anything.
 
 The engine only calls ``model(tokens, positions, mask, cache, cache_pos)``: a
 tensor-parallel (DTensor) model works unchanged as long as the cache holds the local
@@ -19,7 +26,8 @@ key/value heads, which :func:`local_kv_heads` reads from the ``k_proj`` shard.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,28 +41,35 @@ from megatron_detox.models.kv_cache import KVCache
 from megatron_detox.peft.prefix import fill_prefix_cache, prefix_length
 
 FinishReason = str  # "eos" | "length"
-# Compact the batch (drop finished rows from cache and inputs) once this fraction of
-# the rows has finished; copying the cache on every single finish would cost more.
+# Once the queue is empty, compact the batch (drop finished rows from cache and inputs)
+# when this fraction of the rows has finished; copying the cache on every finish would cost more.
 COMPACT_FRACTION = 0.25
 
 
 class GenerationCache(KVCache):
-    """A KV cache written in order, whose ``update`` returns only the slots written so far.
+    """A KV cache whose ``update`` returns only the slots ``[0, length)``.
 
-    ``length`` is set by the engine before each forward (and before the prefix is
-    written): the call writes slots ``[length - seq, length)``, which is what its
-    ``cache_pos`` says, as plain slices, and attention gets ``[batch, length, kv_heads,
-    head_dim]`` views. The engine's mask, if any, is ``[batch, 1, seq, length]``; a
-    single-token step without one sees every written slot.
+    The engine sets ``length`` before each forward. With ``write_slots`` None the call
+    writes slots ``[length - seq, length)`` of every row as plain slices (prefill, and
+    decode steps where all rows have the same length); with ``write_slots`` (``[batch]``
+    long) a one-token call writes row ``b`` at slot ``write_slots[b]``. Attention gets
+    ``[batch, length, kv_heads, head_dim]`` views; the engine's mask, if any, is
+    ``[batch, 1, seq, length]``.
     """
 
     length: int = 0
+    write_slots: Tensor | None = None
 
     def update(self, layer_id: int, cache_pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        start = self.length - k.shape[1]
         keys, values = self.keys[layer_id], self.values[layer_id]
-        keys[:, start:self.length] = k  # a slice copy costs a fraction of index_copy_ per decode step
-        values[:, start:self.length] = v
+        if self.write_slots is None:
+            start = self.length - k.shape[1]
+            keys[:, start:self.length] = k  # a slice copy costs a fraction of index_copy_ per decode step
+            values[:, start:self.length] = v
+        else:
+            rows = torch.arange(keys.shape[0], device=keys.device)
+            keys[rows, self.write_slots] = k[:, 0]
+            values[rows, self.write_slots] = v[:, 0]
         return keys[:, : self.length], values[:, : self.length]
 
     def default_mask(self, cache_pos: Tensor, kv_len: int) -> Tensor | None:
@@ -66,6 +81,12 @@ class GenerationCache(KVCache):
             for layer_id, buffer in store.items():
                 store[layer_id] = buffer.index_select(0, rows)
         self.batch_size = int(rows.numel())
+
+    def copy_rows_from(self, rows: Tensor, source: GenerationCache, start: int, stop: int) -> None:
+        """Slots ``[start, stop)`` of ``source``'s rows become those of our ``rows`` (``[source batch]``)."""
+        for ours, theirs in ((self.keys, source.keys), (self.values, source.values)):
+            for layer_id, buffer in ours.items():
+                buffer[rows, start:stop] = theirs[layer_id][:, start:stop]
 
 
 @dataclass
@@ -93,28 +114,36 @@ def kv_cache_bytes(model: Transformer, head_dim: int, batch_size: int, max_len: 
                              local_kv_heads(model, head_dim), head_dim, dtype)
 
 
-def prefill(model: Transformer, tokens: Tensor, positions: Tensor, mask: Tensor, cache: GenerationCache) -> Tensor:
-    """Run the prompts ``[batch, seq]``; returns the model's output at their last slot.
+def new_cache(model: Transformer, head_dim: int, batch_size: int, num_slots: int) -> GenerationCache:
+    """An empty cache of ``num_slots`` slots per row for this process's layers and heads."""
+    param = next(model.parameters())
+    return GenerationCache([int(i) for i in model.layers.keys()], batch_size, num_slots,
+                           local_kv_heads(model, head_dim), head_dim, param.dtype, param.device)
+
+
+def prefill(model: Transformer, tokens: Tensor, positions: Tensor, cache: GenerationCache) -> Tensor:
+    """Run equal-length prompts ``[batch, seq]`` into slots ``[cache.length, cache.length + seq)``
+    (after any prefix slots already filled); returns the model's output at the last slot.
 
     That is logits ``[batch, vocab]``, or hidden states ``[batch, hidden]`` inside
-    :func:`output_detached` (how :func:`generate_batch` runs it: for 16-token prompts
-    projecting the last slot alone skips ~20% of the prefill FLOPs).
-    ``mask`` is ``[batch, 1, seq, prefix + seq]``: the prompts go to the cache slots right
-    after the ``prefix`` slots already filled (0 without prefix tuning).
+    :func:`output_detached` (how the engine runs it: for short prompts projecting the
+    last slot alone skips a good part of the prefill FLOPs). The mask is the cache's
+    causal default: every prompt token sees the prefix and the tokens before it.
     """
-    cache.length = mask.shape[-1]
-    cache_pos = torch.arange(cache.length - tokens.shape[1], cache.length, device=tokens.device)
-    return model(tokens, positions, mask, cache, cache_pos)[:, -1]
+    start = cache.length
+    cache.length = start + tokens.shape[1]
+    cache_pos = torch.arange(start, cache.length, device=tokens.device)
+    return model(tokens, positions, None, cache, cache_pos)[:, -1]
 
 
 def decode_one_token(
     model: Transformer, token: Tensor, position: Tensor, mask: Tensor | None, cache: GenerationCache, slot: Tensor
 ) -> Tensor:
-    """One step: token/position ``[batch, 1]``, mask ``[batch, 1, 1, slot+1]`` or None (no
-    padding to hide) -> output ``[batch, vocab|hidden]``.
+    """One step: token/position ``[batch, 1]``, mask ``[batch, 1, 1, cache.length]`` or None
+    (every row sees every slot before ``cache.length``) -> output ``[batch, vocab|hidden]``.
 
-    ``slot`` (``[1]``) is the cache slot written, prefix slots included; the caller has
-    set ``cache.length`` to ``slot + 1``.
+    ``slot`` (``[1]``) is the last slot written when all rows share it; rows writing at
+    their own slots use ``cache.write_slots``.
     """
     return model(token, position, mask, cache, slot)[:, -1]
 
@@ -133,97 +162,175 @@ def generate_batch(
     decode_step: Callable[..., Tensor] = decode_one_token,
     projection: VocabProjection | None = None,
 ) -> list[Generation]:
-    """Generate for one batch (all rows at once); results in the order of ``sample_ids``.
+    """Generate for one batch (all rows at once); results in the order of ``sample_ids``."""
+    results = {g.sample_id: g for g in generate_stream(
+        model, list(zip(sample_ids, prompts, strict=True)), params, batch_size=max(len(prompts), 1),
+        max_new_tokens=max_new_tokens, vocab_size=vocab_size, head_dim=head_dim, stop_ids=stop_ids, seed=seed,
+        decode_step=decode_step, projection=projection)}
+    return [results[i] for i in sample_ids]
+
+
+def generate_stream(
+    model: Transformer,
+    work: Sequence[tuple[int, Sequence[int]]],
+    params: SamplingParams,
+    *,
+    batch_size: int,
+    max_new_tokens: int,
+    vocab_size: int,
+    head_dim: int,
+    stop_ids: Sequence[int] = (),
+    seed: int = 0,
+    decode_step: Callable[..., Tensor] = decode_one_token,
+    projection: VocabProjection | None = None,
+) -> Iterator[Generation]:
+    """Generate every ``(sample_id, prompt)`` of ``work``, up to ``batch_size`` at once and
+    in the order given, refilling finished rows; yields each sample as it finishes.
 
     Every prompt needs at least one token (use BOS/EOS for unconditional samples).
     ``decode_step`` may be a ``torch.compile``d :func:`decode_one_token`. ``projection``
-    (of ``model.output``) lets a run of many batches prepack the output weight once.
+    (of ``model.output``) lets a run of many calls prepack the output weight once.
     """
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    batch = len(prompts)
-    lengths = torch.tensor([len(p) for p in prompts], device=device)
-    if batch == 0:
-        return []
-    if int(lengths.min()) < 1:
+    if not work:
+        return
+    if min(len(prompt) for _, prompt in work) < 1:
         raise ValueError("every prompt needs at least one token (BOS/EOS for unconditional samples)")
-    prompt_len = int(lengths.max())
-    total = prompt_len + max_new_tokens  # token slots; the cache holds prefix_len more in front
-    prefix_len = prefix_length(model)
+    batch = _ContinuousBatch(model, work, params, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                             vocab_size=vocab_size, head_dim=head_dim, stop_ids=stop_ids, seed=seed)
+    while batch.active():
+        # The model runs without its output layer only inside the step, never while the caller has control.
+        with torch.inference_mode(), output_detached(model) as output:
+            finished = batch.step(decode_step, projection if projection is not None else VocabProjection(output))
+        yield from finished
 
-    tokens = torch.zeros(batch, prompt_len, dtype=torch.long, device=device)  # left-padded with id 0
-    for row, prompt in enumerate(prompts):
-        tokens[row, prompt_len - len(prompt):] = torch.tensor(list(prompt), dtype=torch.long)
-    pad = prompt_len - lengths  # [batch]
-    slots = torch.arange(total, device=device)
-    key_valid = slots[None, :] >= pad[:, None]  # [batch, total]: False on padding slots
-    positions = (slots[None, :] - pad[:, None]).clamp(min=0)  # [batch, total]
 
-    # Prefill mask [batch, 1, L, L]: causal and no padding keys. A padding query sees
-    # itself only, so its softmax row is never empty (an all-masked row gives NaN,
-    # which would leak into that slot's keys at the next layer).
-    causal = torch.ones(prompt_len, prompt_len, dtype=torch.bool, device=device).tril()
-    eye = torch.eye(prompt_len, dtype=torch.bool, device=device)
-    prefill_mask = (causal[None] & key_valid[:, None, :prompt_len]) | eye[None]
-    if prefix_len:
-        # Prefix slots come first in the cache and every query (padding included) sees them.
-        key_valid = torch.cat([key_valid.new_ones(batch, prefix_len), key_valid], dim=1)  # [batch, prefix + total]
-        prefill_mask = torch.cat([prefill_mask.new_ones(batch, prompt_len, prefix_len), prefill_mask], dim=2)
-        slots = torch.arange(prefix_len + total, device=device)  # cache slots; positions stay token-based
+class _ContinuousBatch:
+    """The rows of a continuous batch and the queue that refills them (see the module doc)."""
 
-    layer_ids = [int(i) for i in model.layers.keys()]
-    cache = GenerationCache(layer_ids, batch, prefix_len + total, local_kv_heads(model, head_dim), head_dim,
-                            dtype, device)
-    generators = [sample_generator(seed, i) for i in sample_ids]
-    stops = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device)
+    def __init__(self, model: Transformer, work: Sequence[tuple[int, Sequence[int]]], params: SamplingParams, *,
+                 batch_size: int, max_new_tokens: int, vocab_size: int, head_dim: int, stop_ids: Sequence[int],
+                 seed: int) -> None:
+        self.model, self.params, self.seed, self.head_dim = model, params, seed, head_dim
+        self.max_new_tokens, self.vocab_size = max_new_tokens, vocab_size
+        self.device = next(model.parameters()).device
+        self.prefix_len = prefix_length(model)
+        self.pending = deque(work)
+        rows = min(batch_size, len(work))
+        num_slots = self.prefix_len + max(len(prompt) for _, prompt in work) + max_new_tokens
+        self.cache = new_cache(model, head_dim, rows, num_slots)
+        self.slot_index = torch.arange(num_slots, device=self.device)
+        self.stops = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=self.device)
+        # Per cache row: the sample it holds, its generator, slots written (prefix
+        # included), tokens sampled, those tokens, the token to feed next, and whether
+        # it is still sampling. Free rows wait for the next prompt (or for compaction).
+        self.ids = [-1] * rows
+        self.generators: list[torch.Generator | None] = [None] * rows
+        self.lengths = torch.zeros(rows, dtype=torch.long, device=self.device)
+        self.produced = torch.zeros(rows, dtype=torch.long, device=self.device)
+        self.out = torch.zeros(rows, max_new_tokens, dtype=torch.long, device=self.device)
+        self.next_token = torch.zeros(rows, dtype=torch.long, device=self.device)
+        self.alive = torch.zeros(rows, dtype=torch.bool, device=self.device)
+        self.free = list(range(rows))
+        self.logits: Tensor | None = None  # [rows, padded_vocab]: each live row's next-token logits
+        self.started = False
 
-    out = torch.zeros(batch, max_new_tokens, dtype=torch.long, device=device)  # by original row
-    num_tokens = torch.full((batch,), max_new_tokens, dtype=torch.long, device=device)
-    hit_eos = torch.zeros(batch, dtype=torch.bool, device=device)
-    rows = torch.arange(batch, device=device)  # original row of each cache row
-    padded = not bool(key_valid.all())
-    alive = torch.ones(batch, dtype=torch.bool, device=device)  # cache rows still sampling
+    def active(self) -> bool:
+        return bool(self.pending) or bool(self.alive.any())
 
-    with torch.inference_mode(), output_detached(model) as output:
-        project = projection if projection is not None else VocabProjection(output)
-        if prefix_len:
-            cache.length = prefix_len
-            fill_prefix_cache(model, cache)  # slots [0, prefix_len), the same for every row
-        logits = project(prefill(model, tokens, positions[:, :prompt_len], prefill_mask[:, None], cache))
-        for step in range(max_new_tokens):
-            live = alive.nonzero().squeeze(1)  # [live]
-            live_list = live.tolist()
-            uniforms = None if params.greedy else draw_uniforms([generators[i] for i in live_list])
-            live_logits = logits if len(live_list) == len(rows) else logits[live]
-            picked = sample_next(live_logits, params, vocab_size, uniforms)  # [live]
-            out[rows[live], step] = picked
-            next_token = torch.zeros(len(rows), dtype=torch.long, device=device)
-            next_token[live] = picked  # finished rows feed a dummy token until compaction
-            if stops.numel():
-                finished = live[torch.isin(picked, stops)]
-                if finished.numel():
-                    num_tokens[rows[finished]] = step  # EOS itself is not part of the text
-                    hit_eos[rows[finished]] = True
-                    alive[finished] = False
-            if step == max_new_tokens - 1 or not bool(alive.any()):
-                break
-            if int(alive.sum()) <= (1.0 - COMPACT_FRACTION) * len(rows):
-                keep = alive.nonzero().squeeze(1)
-                cache.keep_rows(keep)
-                key_valid, positions, rows = key_valid[keep], positions[keep], rows[keep]
-                next_token, alive = next_token[keep], alive[keep]
-                padded = not bool(key_valid.all())
-                generators = [generators[i] for i in keep.tolist()]
-            slot = prompt_len + step  # token slot (position index); the cache slot is prefix_len later
-            cache_slot = prefix_len + slot
-            # Without padding a step needs no mask: its token sees every written slot.
-            mask = key_valid[:, None, None, :cache_slot + 1] if padded else None
-            cache.length = cache_slot + 1
-            logits = project(decode_step(
-                model, next_token[:, None], positions[:, slot:slot + 1], mask, cache, slots[cache_slot:cache_slot + 1],
-            ))
-    result = []
-    for row, sample_id in enumerate(sample_ids):
-        n = int(num_tokens[row])
-        result.append(Generation(sample_id, out[row, :n].tolist(), "eos" if bool(hit_eos[row]) else "length"))
-    return result
+    def step(self, decode_step: Callable[..., Tensor], project: VocabProjection) -> list[Generation]:
+        """Sample one token for every live row, retire finished rows, run one decode step
+        and prefill pending prompts into the free rows."""
+        if not self.started:
+            self.started = True
+            if self.prefix_len:
+                self.cache.length = self.prefix_len
+                fill_prefix_cache(self.model, self.cache)  # every row's slots [0, P), kept across refills
+            self._admit(project)
+        finished = self._sample()
+        if not self.pending and len(self.free) >= COMPACT_FRACTION * len(self.ids) and bool(self.alive.any()):
+            self._compact()
+        if bool(self.alive.any()):
+            self._decode(decode_step, project)
+        self._admit(project)
+        return finished
+
+    def _sample(self) -> list[Generation]:
+        live = self.alive.nonzero().squeeze(1)  # [live]
+        live_list = live.tolist()
+        assert self.logits is not None
+        uniforms = None if self.params.greedy else draw_uniforms([self.generators[i] for i in live_list])  # type: ignore[misc]
+        logits = self.logits if len(live_list) == len(self.ids) else self.logits[live]
+        picked = sample_next(logits, self.params, self.vocab_size, uniforms)  # [live]
+        self.out[live, self.produced[live]] = picked
+        self.produced[live] += 1
+        self.next_token[live] = picked
+        stopped = torch.isin(picked, self.stops) if self.stops.numel() else torch.zeros_like(picked, dtype=torch.bool)
+        done = stopped | (self.produced[live] >= self.max_new_tokens)
+        finished = []
+        for index in done.nonzero().squeeze(1).tolist():
+            row, eos = live_list[index], bool(stopped[index])
+            count = int(self.produced[row]) - eos  # EOS itself is not part of the text
+            finished.append(Generation(self.ids[row], self.out[row, :count].tolist(), "eos" if eos else "length"))
+            self.alive[row] = False
+            self.free.append(row)
+        return finished
+
+    def _decode(self, decode_step: Callable[..., Tensor], project: VocabProjection) -> None:
+        """Feed every row its last token. Finished rows feed a dummy at their current slot
+        (never a prefix slot, never past the cache) and do not advance."""
+        lengths, cache = self.lengths, self.cache
+        if bool((lengths == lengths[0]).all()):  # one shared slot: plain slices, no mask
+            cache.length, cache.write_slots, mask = int(lengths[0]) + 1, None, None
+        else:
+            cache.length = int(lengths.max()) + 1
+            cache.write_slots = lengths
+            mask = (self.slot_index[None, :cache.length] <= lengths[:, None])[:, None, None, :]  # [rows, 1, 1, len]
+        positions = (lengths - self.prefix_len)[:, None]  # [rows, 1]
+        slot = self.slot_index[cache.length - 1:cache.length]
+        self.logits = project(decode_step(self.model, self.next_token[:, None], positions, mask, cache, slot))
+        cache.write_slots = None
+        self.lengths = lengths + self.alive
+
+    def _admit(self, project: VocabProjection) -> None:
+        """Prefill pending prompts into free rows, equal lengths together (no padding)."""
+        if not (self.free and self.pending):
+            return
+        rows = self.free[:len(self.pending)]
+        del self.free[:len(rows)]
+        entries = [self.pending.popleft() for _ in rows]
+        by_length: dict[int, list[int]] = {}
+        for k, (_, prompt) in enumerate(entries):
+            by_length.setdefault(len(prompt), []).append(k)
+        prefix_len = self.prefix_len
+        for length, group in by_length.items():
+            scratch = new_cache(self.model, self.head_dim, len(group), prefix_len + length)
+            if prefix_len:
+                scratch.length = prefix_len
+                fill_prefix_cache(self.model, scratch)
+            tokens = torch.tensor([list(entries[k][1]) for k in group], dtype=torch.long, device=self.device)
+            positions = torch.arange(length, device=self.device)[None]  # [1, seq]
+            fresh = project(prefill(self.model, tokens, positions, scratch))  # [group, padded_vocab]
+            target = torch.tensor([rows[k] for k in group], dtype=torch.long, device=self.device)
+            self.cache.copy_rows_from(target, scratch, prefix_len, prefix_len + length)
+            if self.logits is None:
+                self.logits = fresh.new_empty(len(self.ids), fresh.shape[-1])
+            self.logits[target] = fresh
+            self.lengths[target] = prefix_len + length
+        for row, (sample_id, _) in zip(rows, entries, strict=True):
+            self.ids[row] = sample_id
+            self.generators[row] = None if self.params.greedy else sample_generator(self.seed, sample_id)
+            self.produced[row] = 0
+            self.alive[row] = True
+
+    def _compact(self) -> None:
+        """Drop the free rows (the queue is empty, so nothing will refill them)."""
+        keep = self.alive.nonzero().squeeze(1)
+        keep_list = keep.tolist()
+        self.cache.keep_rows(keep)
+        self.ids = [self.ids[i] for i in keep_list]
+        self.generators = [self.generators[i] for i in keep_list]
+        self.lengths, self.produced, self.out = self.lengths[keep], self.produced[keep], self.out[keep]
+        self.next_token, self.alive = self.next_token[keep], self.alive[keep]
+        assert self.logits is not None
+        self.logits = self.logits[keep]
+        self.free = []

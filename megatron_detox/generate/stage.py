@@ -23,7 +23,7 @@ from tqdm import tqdm
 from megatron_detox.atomic import write_json_atomic
 from megatron_detox.errors import UserError
 from megatron_detox.generate.cpu_linears import CpuDecodeLinears
-from megatron_detox.generate.engine import decode_one_token, generate_batch, kv_cache_bytes
+from megatron_detox.generate.engine import decode_one_token, generate_batch, generate_stream, kv_cache_bytes
 from megatron_detox.generate.projection import VocabProjection
 from megatron_detox.generate.prompts import WorkItem
 from megatron_detox.generate.sampling import SamplingParams
@@ -162,7 +162,7 @@ def run_generation_stage(
             line = f"line {item.prompt_index + 1}" if item.prompt_index is not None else f"sample {item.id}"
             raise UserError(f"{line}: the prompt has {len(encoded[item.id])} tokens; with --max-new-tokens "
                             f"{spec.max_new_tokens} it exceeds the model context of {spec.context_length}")
-    # Similar lengths share a batch, so little of the batch is padding.
+    # Similar lengths in a row: they prefill together and a decode step's mask hides few slots.
     mine.sort(key=lambda item: (len(encoded[item.id]), item.id))
 
     device = next(model.parameters()).device
@@ -181,35 +181,29 @@ def run_generation_stage(
 
     writer = ShardWriter(shard_path(out, dp_rank)) if writer_rank else None
     bar = tqdm(total=len(mine), unit="sample", disable=not progress, desc=f"generate rank {dp_rank}")
-    total_tokens, started = 0, time.perf_counter()
     projection = VocabProjection(model.output)  # one prepacked output weight for every batch
     fast_linears = (CpuDecodeLinears(model, exclude=(model.output,)) if use_cpu_decode_linears(model, decode_step)
                     else contextlib.nullcontext())
+    items_by_id = {item.id: item for item in mine}
+    sink = _RecordSink(writer, out, dp_rank, bar)
     try:
         with fast_linears:
-            for start in range(0, len(mine), fitted):
-                batch = mine[start:start + fitted]
-                batch_started = time.perf_counter()
-                results = generate_batch(
-                    model, [encoded[item.id] for item in batch], [item.id for item in batch], spec.params,
-                    max_new_tokens=spec.max_new_tokens, vocab_size=spec.vocab_size, head_dim=spec.head_dim,
-                    stop_ids=spec.stop_ids, seed=spec.seed, decode_step=decode_step, projection=projection,
-                )
-                seconds = time.perf_counter() - batch_started
-                records = [{"id": item.id, "prompt_index": item.prompt_index, "sample_index": item.sample_index,
-                            "prompt": item.prompt, "text": tokenizer.decode(g.tokens), "num_tokens": len(g.tokens),
-                            "finish_reason": g.finish_reason} for item, g in zip(batch, results, strict=True)]
-                if writer is None:
-                    continue
-                writer.append(records)
-                # Tokens actually computed: an EOS counts, it cost a step like any other token.
-                tokens = sum(len(g.tokens) + (g.finish_reason == "eos") for g in results)
-                total_tokens += tokens
-                append_metrics(out, dp_rank, {"rank": dp_rank, "samples": len(batch), "tokens": tokens,
-                                              "seconds": seconds, "tokens_per_s": tokens / seconds})
-                bar.update(len(batch))
-                elapsed = time.perf_counter() - started
-                bar.set_postfix(tokens_per_s=f"{total_tokens / elapsed:.1f}")
+            # Continuous batching: a finished row takes the next sample at once. Finished
+            # samples are written (and fsynced) in groups of a batch.
+            for g in generate_stream(
+                model, [(item.id, encoded[item.id]) for item in mine], spec.params, batch_size=fitted,
+                max_new_tokens=spec.max_new_tokens, vocab_size=spec.vocab_size, head_dim=spec.head_dim,
+                stop_ids=spec.stop_ids, seed=spec.seed, decode_step=decode_step, projection=projection,
+            ):
+                item = items_by_id[g.sample_id]
+                sink.add({"id": item.id, "prompt_index": item.prompt_index, "sample_index": item.sample_index,
+                          "prompt": item.prompt, "text": tokenizer.decode(g.tokens), "num_tokens": len(g.tokens),
+                          "finish_reason": g.finish_reason},
+                         # Tokens actually computed: an EOS counts, it cost a step like any other token.
+                         len(g.tokens) + (g.finish_reason == "eos"))
+                if sink.size >= fitted:
+                    sink.flush()
+            sink.flush()
     finally:
         bar.close()
         if writer is not None:
@@ -221,6 +215,39 @@ def run_generation_stage(
     merged = merge_shards(out, len(items))
     write_manifest(out, settings, merged, dp_size)
     return merged
+
+
+class _RecordSink:
+    """Finished records of one rank, appended (and fsynced) to its shard in groups, with
+    one metrics line per group."""
+
+    def __init__(self, writer: ShardWriter | None, out: Path, dp_rank: int, bar: tqdm) -> None:
+        self.writer, self.out, self.dp_rank, self.bar = writer, out, dp_rank, bar
+        self.records: list[dict[str, Any]] = []
+        self.tokens = self.total_tokens = 0
+        self.started = self.since = time.perf_counter()
+
+    @property
+    def size(self) -> int:
+        return len(self.records)
+
+    def add(self, record: dict[str, Any], tokens: int) -> None:
+        self.records.append(record)
+        self.tokens += tokens
+
+    def flush(self) -> None:
+        if self.writer is not None and self.records:
+            self.writer.append(self.records)
+            now = time.perf_counter()
+            seconds = now - self.since
+            self.total_tokens += self.tokens
+            append_metrics(self.out, self.dp_rank, {"rank": self.dp_rank, "samples": len(self.records),
+                                                    "tokens": self.tokens, "seconds": seconds,
+                                                    "tokens_per_s": self.tokens / seconds})
+            self.bar.update(len(self.records))
+            self.bar.set_postfix(tokens_per_s=f"{self.total_tokens / (now - self.started):.1f}")
+        self.records.clear()
+        self.tokens, self.since = 0, time.perf_counter()
 
 
 def write_manifest(out: Path, settings: dict[str, Any], merged: Path, dp_size: int) -> None:

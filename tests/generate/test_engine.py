@@ -6,18 +6,19 @@ import pytest
 import torch
 from torch import nn
 
-from megatron_detox.generate.engine import GenerationCache, generate_batch
+from megatron_detox.generate.engine import GenerationCache, generate_batch, generate_stream
 from megatron_detox.generate.projection import VOCAB_CHUNK_ROWS, VocabProjection
 from megatron_detox.generate.sampling import SamplingParams
 
 from .conftest import assert_eos_compaction_exact, ragged_prompts, run, tiny_config, tiny_model
+from .test_prefix import prefixed
 
 VOCAB = 100
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt"])
 def test_cached_greedy_equals_recomputation(family: str) -> None:
-    """Left-padded ragged batch + KV cache gives the tokens of a cache-free, unpadded loop."""
+    """Ragged batch + KV cache (rows at their own slots) gives the tokens of a cache-free loop."""
     changes = {} if family == "llama" else dict(position_embedding="learned", normalization="layernorm",
                                                 activation="gelu", add_bias_linear=True, num_query_groups=None)
     model = tiny_model(tiny_config(VOCAB, **changes))
@@ -70,6 +71,39 @@ def test_sampled_text_independent_of_batch_size_and_composition() -> None:
 
 def test_eos_stops_rows_and_compaction_keeps_the_rest_exact() -> None:
     assert_eos_compaction_exact(tiny_model(tiny_config(VOCAB)), _prompts(8, seed=1))
+
+
+def _stream(model, work, params, batch_size, new=16, stops=(7,), seed=5):  # type: ignore[no-untyped-def]
+    cfg = model.config
+    return list(generate_stream(model, work, params, batch_size=batch_size, max_new_tokens=new,
+                                vocab_size=cfg.vocab_size, head_dim=cfg.head_dim, stop_ids=stops, seed=seed))
+
+
+@pytest.mark.parametrize("prefix", [False, True])
+def test_continuous_batching_gives_each_id_the_text_of_a_plain_batch(prefix: bool) -> None:
+    """Rows finish at different steps (stop id, length) and the next prompt takes their
+    slot: every id is generated once, with the text it gets in one batch of all prompts."""
+    model = prefixed(tiny_config(VOCAB)).eval() if prefix else tiny_model(tiny_config(VOCAB))
+    prompts = _prompts(13, seed=4)
+    ids = list(range(100, 113))
+    params = SamplingParams(top_p=0.9)
+    plain = {g.sample_id: (g.tokens, g.finish_reason) for g in run(model, prompts, ids, params, new=16, stops=(7,))}
+    reasons = {reason for _, reason in plain.values()}
+    assert reasons == {"eos", "length"}, "the check needs rows that finish early and rows that run to the end"
+    for batch_size in (1, 4, 7):
+        streamed = _stream(model, list(zip(ids, prompts)), params, batch_size)
+        assert sorted(g.sample_id for g in streamed) == ids  # none lost, none twice
+        assert {g.sample_id: (g.tokens, g.finish_reason) for g in streamed} == plain
+
+
+def test_continuous_batching_yields_samples_as_they_finish() -> None:
+    model = tiny_model(tiny_config(VOCAB))
+    prompts = _prompts(9, seed=2)
+    streamed = _stream(model, list(enumerate(prompts)), SamplingParams(greedy=True), 3, new=12, stops=(5, 9, 11))
+    lengths = [len(g.tokens) + (g.finish_reason == "eos") for g in streamed]
+    assert sorted(g.sample_id for g in streamed) == list(range(9))
+    # A short sample that entered later can finish before a long one that entered first.
+    assert [g.sample_id for g in streamed] != list(range(9)) and min(lengths) < max(lengths)
 
 
 def test_cache_reads_only_written_slots() -> None:
