@@ -1,8 +1,18 @@
 """Generation throughput: our engine vs ``transformers`` ``generate``, same weights, same run.
 
-SmolLM2-135M (the embedded GGUF, dequantized to fp32), batch 32, 16-token prompts,
+Two shapes (``--shape``):
+
+- ``short`` (the default): SmolLM2-135M (the embedded GGUF, dequantized to fp32), batch 32, 16-token prompts,
 64 new tokens, top-p 0.9 / temperature 1.0 (no top-k), EOS disabled so both produce
-exactly batch x 64 tokens, same thread count. Runs alternate (ours, HF, ours, HF, ...)
+exactly batch x 64 tokens, same thread count.
+- ``sgeat``: SGEAT self-generation. ``--samples`` (default 2 x batch) unconditional
+  samples from BOS, up to ``--new-tokens`` (default 512), EOS enabled (SmolLM2's
+  ``<|im_end|>`` and ``<|endoftext|>``), top-p 0.9. Ours streams them through a
+  continuous batch of ``--batch-size`` rows; ``transformers`` runs batches of that size,
+  each until its longest sample ends. Both report *useful* tokens/s: tokens of finished
+  samples, EOS excluded.
+
+Runs alternate (ours, HF, ours, HF, ...)
 and the best time of each is kept, so noise from a shared machine hurts both alike;
 process CPU time is reported next to wall time for the same reason.
 
@@ -15,6 +25,7 @@ must read (all weights + the KV cache written so far) divided by the step time, 
 the copy bandwidth measured here. The last line is ``ratio=<ours / transformers>``.
 
     OMP_NUM_THREADS=1 python benchmarks/generate_throughput.py [--threads 1] [--repeats 3]
+    OMP_NUM_THREADS=2 python benchmarks/generate_throughput.py --shape sgeat --threads 2 --repeats 1
 """
 
 from __future__ import annotations
@@ -28,7 +39,7 @@ from pathlib import Path
 import torch
 
 from megatron_detox.generate.cpu_linears import CpuDecodeLinears
-from megatron_detox.generate.engine import GenerationCache, decode_one_token, generate_batch
+from megatron_detox.generate.engine import GenerationCache, decode_one_token, generate_batch, generate_stream
 from megatron_detox.generate.projection import VocabProjection
 from megatron_detox.generate.sampling import SamplingParams
 from megatron_detox.generate.stage import use_cpu_decode_linears
@@ -85,10 +96,12 @@ def copy_bandwidth(num_bytes: int = 1 << 28, repeats: int = 5) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", choices=("short", "sgeat"), default="short")
+    parser.add_argument("--samples", type=int, help="sgeat shape: samples per side (default 2 x batch size)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--prompt-len", type=int, default=16)
-    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--new-tokens", type=int, help="default 64 (short), 512 (sgeat)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="torch.compile our decode step")
     parser.add_argument("--prompts", choices=("text", "random"), default="text")
@@ -97,6 +110,9 @@ def main() -> None:
     parser.add_argument("--data", default=os.environ.get("MEGATRON_DETOX_DATA", str(REPO.parent / "shared" / "data")))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.shape == "sgeat":
+        return sgeat_shape(args)
+    args.new_tokens = args.new_tokens or 64
 
     model, cfg = load_model("smollm2-135m")
     hf = build_hf(model, cfg)
@@ -156,6 +172,69 @@ def main() -> None:
     if linears is not None:
         linears.__exit__(None, None, None)
     print(f"ratio={rate['ours'] / rate['transformers']:.3f}")
+
+
+def sgeat_shape(args: argparse.Namespace) -> None:
+    """Unconditional samples until EOS or ``--new-tokens``: useful tokens/s, ours vs transformers."""
+    from megatron_detox.models.embedded import ensure_embedded_gguf
+    from megatron_detox.tokenizers import load_tokenizer
+
+    new_tokens = args.new_tokens or 512
+    samples = args.samples or 2 * args.batch_size
+    model, cfg = load_model("smollm2-135m")
+    tokenizer = load_tokenizer(ensure_embedded_gguf())
+    hf = build_hf(model, cfg)
+    bos = tokenizer.bos if tokenizer.bos is not None else tokenizer.eod
+    stops = sorted({tokenizer.eod} | ({cfg.eos_token_id} if cfg.eos_token_id is not None else set()))
+    params = SamplingParams(temperature=1.0, top_p=0.9)
+    projection = VocabProjection(model.output)
+    fast = use_cpu_decode_linears(model, decode_one_token)
+    linears = CpuDecodeLinears(model, exclude=(model.output,)).__enter__() if fast else None
+    print(f"shape=sgeat samples={samples} batch={args.batch_size} max_new_tokens={new_tokens} stops={stops} "
+          f"cpu_decode_linears={fast}")
+
+    def ours(seed: int) -> tuple[int, int]:
+        done = list(generate_stream(model, [(i, [bos]) for i in range(samples)], params, batch_size=args.batch_size,
+                                    max_new_tokens=new_tokens, vocab_size=cfg.vocab_size, head_dim=cfg.head_dim,
+                                    stop_ids=stops, seed=seed, projection=projection))
+        return sum(len(g.tokens) for g in done), sum(g.finish_reason == "eos" for g in done)
+
+    def theirs(seed: int) -> tuple[int, int]:
+        torch.manual_seed(seed)
+        useful = eos = 0
+        for start in range(0, samples, args.batch_size):
+            rows = min(args.batch_size, samples - start)
+            prompts = torch.full((rows, 1), bos)
+            with torch.inference_mode():
+                out = hf.generate(prompts, attention_mask=torch.ones_like(prompts), do_sample=True, top_p=0.9,
+                                  top_k=0, temperature=1.0, max_new_tokens=new_tokens, eos_token_id=stops,
+                                  pad_token_id=stops[0])
+            for row in out[:, 1:].tolist():
+                cut = next((i for i, t in enumerate(row) if t in stops), None)
+                useful += len(row) if cut is None else cut
+                eos += cut is not None
+        return useful, eos
+
+    best = {"ours": 0.0, "transformers": 0.0}
+    for repeat in range(args.repeats):
+        for name, fn in (("ours", ours), ("transformers", theirs)):
+            start, start_cpu = time.perf_counter(), time.process_time()
+            useful, eos = fn(repeat)
+            wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+            rate = useful / wall
+            best[name] = max(best[name], rate)
+            print(f"{name}: {useful} useful tokens ({eos}/{samples} samples ended at EOS) in {wall:.1f} s wall "
+                  f"({cpu:.1f} s CPU) = {rate:.1f} useful tokens/s")
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    # Roofline: each useful token of a full batch costs 1/batch of a weight read plus its KV reads.
+    kv_per_slot = GenerationCache.num_bytes(cfg.num_layers, 1, 1, cfg.kv_heads, cfg.head_dim)
+    mean_len = new_tokens / 4  # a sample's mean cached length if lengths spread evenly up to new_tokens
+    bytes_per_token = weight_bytes / args.batch_size + kv_per_slot * mean_len
+    fraction = best["ours"] * bytes_per_token / copy_bandwidth()
+    print(f"threads={args.threads} roofline_fraction~{fraction:.3f} (memory, approximate)")
+    if linears is not None:
+        linears.__exit__(None, None, None)
+    print(f"ratio={best['ours'] / best['transformers']:.3f}")
 
 
 if __name__ == "__main__":

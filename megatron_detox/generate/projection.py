@@ -10,32 +10,16 @@ oneDNN is missing it runs as slices of the vocabulary, ~12% faster than one GEMM
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from megatron_detox.generate.cpu_linears import WeightVersion, plain_cpu_linear
+from megatron_detox.models.gpt import output_detached
+
+__all__ = ["VOCAB_CHUNK_ROWS", "VocabProjection", "output_detached"]
 
 VOCAB_CHUNK_ROWS = 1024
-
-
-@contextmanager
-def output_detached(model: Any) -> Iterator[nn.Module | None]:
-    """Run ``model`` as a stage without its output layer (it returns hidden states) and
-    yield that layer, so the caller projects only the slots it needs."""
-    output = model.output
-    if output is None:
-        yield None
-        return
-    model.output = None
-    try:
-        yield output
-    finally:
-        model.output = output
 
 
 class VocabProjection:

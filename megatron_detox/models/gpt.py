@@ -15,6 +15,10 @@ Seams for parameter-efficient tuning (``megatron_detox.peft``):
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -229,3 +233,18 @@ class Transformer(nn.Module):
         if self.norm is not None:
             h = self.norm(h)
         return self.output(h) if self.output is not None else h
+
+
+@contextmanager
+def output_detached(model: Any) -> Iterator[nn.Module | None]:
+    """Run ``model`` as a stage without its output layer (it returns hidden states) and
+    yield that layer, so the caller projects only the slots it needs."""
+    output = model.output
+    if output is None:
+        yield None
+        return
+    model.output = None
+    try:
+        yield output
+    finally:
+        model.output = output

@@ -17,10 +17,11 @@ from torch import Tensor, nn
 from megatron_detox.config import ParallelConfig
 from megatron_detox.errors import UserError
 from megatron_detox.models.config import ModelConfig
-from megatron_detox.models.gpt import Transformer
+from megatron_detox.models.gpt import Transformer, output_detached
 from megatron_detox.parallel.activation import apply_activation_checkpointing, apply_compile
 from megatron_detox.parallel.data import PARAM_DTYPES, Precision, apply_data_parallel, dp_mesh_of, set_gradient_sync
 from megatron_detox.parallel.env import DistEnv
+from megatron_detox.parallel.fused_loss import fused_loss_applies, linear_cross_entropy_sum
 from megatron_detox.parallel.loss import count_targets, local_value, masked_labels, token_loss_sum
 from megatron_detox.parallel.norm import clip_grad_norm
 from megatron_detox.parallel.pipeline import Schedule, build_schedule, split_into_stages
@@ -95,6 +96,11 @@ class ParallelModel:
         """
         return token_loss_sum(logits, labels) * self._loss_scale
 
+    def _fused_loss(self, part: nn.Module) -> bool:
+        """Chunked projection + loss (``fused_loss``) for a plain local output layer in fp32;
+        TP/FSDP (DTensor weights) and autocast keep the plain loss."""
+        return self.precision == "fp32" and fused_loss_applies(getattr(part, "output", None))
+
     def _context(self) -> contextlib.ExitStack:
         stack = contextlib.ExitStack()
         if self._dims.tp_enabled:
@@ -158,7 +164,12 @@ class ParallelModel:
         for i, (mb_tokens, mb_labels) in enumerate(zip(token_chunks, label_chunks, strict=True)):
             if backward:
                 set_gradient_sync(self.parts, i == last)  # reduce gradients once, after the last micro-batch
-            loss = self._loss_fn(part(mb_tokens), mb_labels)
+            if self._fused_loss(part):
+                with output_detached(part) as output:
+                    hidden = part(mb_tokens)
+                loss = linear_cross_entropy_sum(hidden, output, mb_labels) * self._loss_scale
+            else:
+                loss = self._loss_fn(part(mb_tokens), mb_labels)
             self._loss_sum += local_value(loss).to("cpu", torch.float64) / self._loss_scale
             if backward:
                 loss.backward()
