@@ -64,13 +64,13 @@ class GenerationCache(KVCache):
         keys, values = self.keys[layer_id], self.values[layer_id]
         if self.write_slots is None:
             start = self.length - k.shape[1]
-            keys[:, start:self.length] = k  # a slice copy costs a fraction of index_copy_ per decode step
-            values[:, start:self.length] = v
+            keys[:, :, start:self.length] = k.transpose(1, 2)  # a slice copy costs a fraction of index_copy_
+            values[:, :, start:self.length] = v.transpose(1, 2)
         else:
             rows = torch.arange(keys.shape[0], device=keys.device)
-            keys[rows, self.write_slots] = k[:, 0]
-            values[rows, self.write_slots] = v[:, 0]
-        return keys[:, : self.length], values[:, : self.length]
+            keys[rows, :, self.write_slots] = k[:, 0]  # [batch, kv_heads, head_dim]
+            values[rows, :, self.write_slots] = v[:, 0]
+        return keys[:, :, : self.length], values[:, :, : self.length]
 
     def default_mask(self, cache_pos: Tensor, kv_len: int) -> Tensor | None:
         return None if cache_pos.numel() == 1 else super().default_mask(cache_pos, kv_len)
@@ -86,7 +86,7 @@ class GenerationCache(KVCache):
         """Slots ``[start, stop)`` of ``source``'s rows become those of our ``rows`` (``[source batch]``)."""
         for ours, theirs in ((self.keys, source.keys), (self.values, source.values)):
             for layer_id, buffer in ours.items():
-                buffer[rows, start:stop] = theirs[layer_id][:, start:stop]
+                buffer[rows, :, start:stop] = theirs[layer_id][:, :, start:stop]
 
 
 @dataclass

@@ -91,20 +91,22 @@ class Attention(nn.Module):
         is_causal = False
         if cache is not None:
             assert cache_pos is not None, "cache_pos is required with a KV cache"
-            k, v = cache.update(self.layer_id, cache_pos, k, v)
+            k, v = cache.update(self.layer_id, cache_pos, k, v)  # [batch, kv_heads, kv_len, head_dim]
             if mask is None:
-                mask = cache.default_mask(cache_pos, k.shape[1])
-        elif self.prefix is not None:
-            prefix_k, prefix_v = self.prefix(batch)  # [batch, P, kv_heads, head_dim]
-            prefix_len = prefix_k.shape[1]
-            k = torch.cat([prefix_k.to(k.dtype), k], dim=1)
-            v = torch.cat([prefix_v.to(v.dtype), v], dim=1)
-            if mask is None:
-                mask = causal_mask(torch.arange(seq, device=x.device), seq, prefix_len)
-            else:
-                mask = torch.cat([mask.new_ones(*mask.shape[:-1], prefix_len), mask], dim=-1)
-        elif mask is None:
-            is_causal = True
+                mask = cache.default_mask(cache_pos, k.shape[2])
+        else:
+            if self.prefix is not None:
+                prefix_k, prefix_v = self.prefix(batch)  # [batch, P, kv_heads, head_dim]
+                prefix_len = prefix_k.shape[1]
+                k = torch.cat([prefix_k.to(k.dtype), k], dim=1)
+                v = torch.cat([prefix_v.to(v.dtype), v], dim=1)
+                if mask is None:
+                    mask = causal_mask(torch.arange(seq, device=x.device), seq, prefix_len)
+                else:
+                    mask = torch.cat([mask.new_ones(*mask.shape[:-1], prefix_len), mask], dim=-1)
+            elif mask is None:
+                is_causal = True
+            k, v = k.transpose(1, 2), v.transpose(1, 2)  # [batch, kv_heads, kv_len, head_dim]
 
         # Decoding one token with grouped-query attention: the query heads sharing a
         # key/value head become that head's rows ([batch, kv_heads, group, head_dim]), so
@@ -114,8 +116,8 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(
             q.reshape(batch, kv_heads, heads // kv_heads, self.head_dim) if grouped
             else q.transpose(1, 2),  # [batch, heads, seq, head_dim]
-            k.transpose(1, 2),  # [batch, kv_heads, kv_len, head_dim]
-            v.transpose(1, 2),
+            k,
+            v,
             attn_mask=mask,
             dropout_p=self.dropout_p if self.training else 0.0,
             is_causal=is_causal,

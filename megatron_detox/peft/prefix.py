@@ -215,7 +215,8 @@ def init_prefix_from_tokens(model: nn.Module, model_cfg: ModelConfig, token_ids:
         model.train(was_training)
     for block, prefix in zip(blocks, prefixes, strict=True):
         layer_id = block.attention.layer_id
-        targets = {"key": cache.keys[layer_id][0], "value": cache.values[layer_id][0]}  # [P, kv_heads, head_dim]
+        # [P, kv_heads, head_dim] (the cache is head-major)
+        targets = {"key": cache.keys[layer_id][0].transpose(0, 1), "value": cache.values[layer_id][0].transpose(0, 1)}
         if not prefix.reparameterized:
             for part, target in targets.items():
                 getattr(prefix, part).copy_(target)

@@ -111,9 +111,9 @@ def test_cache_reads_only_written_slots() -> None:
     cache.length = 3
     k = torch.ones(2, 3, 1, 4)
     keys, values = cache.update(0, torch.arange(3), k, k)
-    assert keys.shape == (2, 3, 1, 4) and torch.equal(keys, k)
+    assert keys.shape == (2, 1, 3, 4) and torch.equal(keys, k.transpose(1, 2))  # head-major
     cache.keep_rows(torch.tensor([1]))
-    assert cache.keys[0].shape == (1, 10, 1, 4) and cache.batch_size == 1
+    assert cache.keys[0].shape == (1, 1, 10, 4) and cache.batch_size == 1
 
 
 def test_empty_prompt_is_rejected() -> None:

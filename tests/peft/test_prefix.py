@@ -41,8 +41,8 @@ def test_prefix_equals_attending_to_a_cached_context(tiny_cfg, tokens):
     apply_prefix(model, tiny_cfg, PrefixConfig(length=P, reparameterize=False))
     with torch.no_grad():
         for layer_id, block in model.layers.items():
-            block.attention.prefix.key.copy_(cache.keys[int(layer_id)][0])  # [P, kv_heads, head_dim]
-            block.attention.prefix.value.copy_(cache.values[int(layer_id)][0])
+            block.attention.prefix.key.copy_(cache.keys[int(layer_id)][0].transpose(0, 1))  # [P, kv_heads, head_dim]
+            block.attention.prefix.value.copy_(cache.values[int(layer_id)][0].transpose(0, 1))
     positions = torch.arange(P, P + seq)[None]  # real tokens continue after the context
     torch.testing.assert_close(model(tokens, positions=positions), full, rtol=1e-5, atol=1e-5)
 
