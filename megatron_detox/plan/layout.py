@@ -17,8 +17,8 @@ Precision = Literal["bf16", "fp16", "fp32"]
 Schedule = Literal["1f1b", "gpipe"]
 Method = Literal["full", "adapter", "prefix"]
 
-RECOMPUTE: tuple[str, ...] = ("none", "selective", "full")
-PRECISIONS: tuple[str, ...] = ("bf16", "fp16", "fp32")
+RECOMPUTE: tuple[Recompute, ...] = ("none", "selective", "full")
+PRECISIONS: tuple[Precision, ...] = ("bf16", "fp16", "fp32")
 
 
 @dataclass(frozen=True)

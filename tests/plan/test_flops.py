@@ -30,10 +30,10 @@ def megatron_gpt(heads: int, hidden: int, layers: int) -> ModelConfig:
 
 def narayanan_flops(batch: int, layers: int, hidden: int, recompute: bool) -> float:
     """Eq. (3) of the paper and its no-recompute variant (72 = 3 x 24)."""
-    s, l, h, v = SEQ, layers, hidden, VOCAB
+    s, n, h, v = SEQ, layers, hidden, VOCAB  # the paper's l is n here
     if recompute:
-        return 96 * batch * s * l * h**2 * (1 + s / (6 * h) + v / (16 * l * h))
-    return 72 * batch * s * l * h**2 * (1 + s / (6 * h) + v / (12 * l * h))
+        return 96 * batch * s * n * h**2 * (1 + s / (6 * h) + v / (16 * n * h))
+    return 72 * batch * s * n * h**2 * (1 + s / (6 * h) + v / (12 * n * h))
 
 
 @pytest.mark.parametrize("row", TABLE_1, ids=[f"{r[0]}B" for r in TABLE_1])
