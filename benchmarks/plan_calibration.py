@@ -10,8 +10,10 @@ default assumptions (matmuls at ``DEFAULT_EFFICIENCY`` of peak, decode reads at
 - ``--what decode``: the generation of ``benchmarks/generate_throughput.py`` (batch 32,
   16-token prompts, 64 new tokens, fp32, one thread); measured = our engine's best time.
 
-Both benchmarks run as subprocesses (``--quick``: their smallest settings). The last line
-is ``ratio=<predicted time / measured time>`` (1.0 = exact; < 1 the planner is optimistic).
+Both benchmarks run as subprocesses (``--quick``: their smallest settings). Times are
+process CPU seconds on both sides (peak and bandwidth measured on that clock, the benchmarks'
+CPU times), so other processes on a shared box do not count. The last line is
+``ratio=<predicted time / measured time>`` (1.0 = exact; < 1 the planner is optimistic).
 
     OMP_NUM_THREADS=1 python benchmarks/plan_calibration.py --what train [--quick]
 """
@@ -44,7 +46,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="the benchmark's smallest settings")
     args = parser.parse_args()
     cfg = get_preset("smollm2-135m")
-    device = measure_cpu_device(matmul_size=2048)
+    device = measure_cpu_device(matmul_size=2048, clock="cpu")
     print(f"cpu device: matmul {device.peak_tflops_32:.3f} TFLOP/s, copy bandwidth "
           f"{device.memory_bandwidth_gbs:.1f} GB/s", flush=True)
     if args.what == "train":
@@ -63,7 +65,7 @@ def main() -> None:
         text = run("generate_throughput.py", "--batch-size", str(batch), "--prompt-len", str(prompt),
                    "--new-tokens", str(new), "--repeats", repeats)
         ours = next(line for line in text.splitlines() if line.startswith("ours:"))
-        measured = float(ours.split(" tokens in ")[1].split(" s wall")[0])
+        measured = float(ours.split(" s wall (")[1].split(" s CPU")[0])  # "... 12.18 s wall (12.10 s CPU) ..."
         predicted = estimate_generation(cfg, device, gpus=1, tp=1, precision="fp32", samples=batch,
                                         new_tokens=new, prompt_tokens=prompt, batch_size=batch).total_s
         what = f"generation of {batch} x {new} tokens"
