@@ -106,8 +106,7 @@ def _step_time(cfg: ModelConfig, layout: Layout, device: Device, comm: dict[str,
     m = layout.num_microbatches
     tokens = layout.micro_batch * layout.seq_length
     layers = cfg.num_layers // layout.pp
-    stage_flops = max(layers * flops.per_layer + (flops.logits if layout.pp == 1 else 0.0),
-                      layers * flops.per_layer + flops.logits if layout.pp > 1 else 0.0)
+    stage_flops = layers * flops.per_layer + flops.logits  # the last stage (stage 0's embedding lookup is free)
     compute = stage_flops * tokens / layout.tp / peak
     tp_time = comm["tp"] / m / (_link_gbs(device, layout.tp) * 1e9)
     pp_time = comm["pp"] / m / (_link_gbs(device, layout.tp * layout.pp) * 1e9)

@@ -74,12 +74,12 @@ def measure_cpu_device(matmul_size: int = 1024, copy_mib: int = 256, repeats: in
     a, b = torch.randn(matmul_size, matmul_size), torch.randn(matmul_size, matmul_size)
     a @ b
     best = min(_timed(lambda: a @ b, now) for _ in range(repeats))
-    tflops = 2 * matmul_size**3 / best / 1e12
+    tflops = 2 * matmul_size**3 / max(best, 1e-9) / 1e12
     src = torch.empty(copy_mib * 2**20 // 4)
     dst = torch.empty_like(src)
     dst.copy_(src)
     copy = min(_timed(lambda: dst.copy_(src), now) for _ in range(repeats))
-    bandwidth = 2 * src.numel() * 4 / copy / 1e9  # read + write
+    bandwidth = 2 * src.numel() * 4 / max(copy, 1e-9) / 1e9  # read + write
     return Device("cpu", memory_gb=1e6, peak_tflops_16=tflops, peak_tflops_32=tflops,
                   memory_bandwidth_gbs=bandwidth, intra_node_gbs=bandwidth, inter_node_gbs=bandwidth,
                   gpus_per_node=1, reserved_gb=0.0)
