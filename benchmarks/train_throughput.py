@@ -19,6 +19,7 @@ on an idle machine). Prints tokens/s for both, the fraction of this machine's me
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import tempfile
 import time
@@ -35,7 +36,8 @@ from megatron_detox.train.metrics import read_metrics, train_flops_per_token
 from megatron_detox.train.setup import resolve_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
-TEXT = REPO.parent / "shared" / "data" / "lm_text" / "wikitext2_tok_valid.txt"
+DATA = Path(os.environ.get("MEGATRON_DETOX_DATA", REPO.parent / "shared" / "data"))
+TEXT = DATA / "lm_text" / "wikitext2_tok_valid.txt"
 
 
 def matmul_peak_tflops(clock: str, size: int = 2048, repeats: int = 5) -> float:
