@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from megatron_detox.models.config import ModelConfig
+
 
 @dataclass
 class Arch:
@@ -282,3 +284,24 @@ def write_megatron(root: Path, arch: Arch, w: dict[str, Tensor], tp: int, pp: in
                 }, shard / "model_optim_rng.pt")
     (root / "latest_checkpointed_iteration.txt").write_text(str(iteration))
     return root
+
+
+def ours_checkpoint(out: Path, cfg: ModelConfig, seed: int = 0) -> dict[str, Tensor]:
+    """A checkpoint of ours holding a random ``cfg`` model (norms perturbed); returns its state dict."""
+    from megatron_detox.convert.formats import DcpSink
+    from megatron_detox.convert.groups import tensor_groups
+    from megatron_detox.models import build_model
+
+    state = build_model(cfg, seed=seed).state_dict()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in state.items():
+            if "norm" in name or name.endswith("bias"):  # so a swapped norm or bias would show
+                tensor.add_(torch.randn(tensor.shape, generator=g) * 0.1)
+            if name in ("tok_embeddings.weight", "output.weight"):
+                tensor[cfg.vocab_size:] = 0
+    sink = DcpSink(out, cfg, 1, 1)
+    for _, names in tensor_groups(cfg):
+        sink.write({name: state[name] for name in names})
+    sink.finish()
+    return state
