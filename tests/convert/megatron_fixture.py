@@ -14,6 +14,7 @@ import math
 import random
 import sys
 import types
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -263,8 +264,11 @@ def megatron_args(arch: Arch, tp: int, pp: int, **extra: object) -> argparse.Nam
 
 
 def write_megatron(root: Path, arch: Arch, w: dict[str, Tensor], tp: int, pp: int, version: float, scheme: str,
-                   iteration: int | str = 1000) -> Path:
-    """A Megatron-LM torch-format checkpoint folder as Megatron-LM's ``save_checkpoint`` lays it out."""
+                   iteration: int | str = 1000, edit: Callable[[int, int, dict], None] | None = None) -> Path:
+    """A Megatron-LM torch-format checkpoint folder as Megatron-LM's ``save_checkpoint`` lays it out.
+
+    ``edit(t, p, shard_dict)`` may change a shard before it is saved (to damage it).
+    """
     folder = root / ("release" if iteration == "release" else f"iter_{iteration:07d}")
     fake = {name: types.ModuleType(name) for name in ("megatron", "megatron.core", "megatron.core.enums")}
     fake["megatron.core.enums"].ModelType = ModelType  # type: ignore[attr-defined]
@@ -276,12 +280,15 @@ def write_megatron(root: Path, arch: Arch, w: dict[str, Tensor], tp: int, pp: in
             for t in range(tp):
                 shard = folder / (f"mp_rank_{t:02d}" if pp == 1 else f"mp_rank_{t:02d}_{p:03d}")
                 shard.mkdir(parents=True)
-                torch.save({
+                obj = {
                     "args": megatron_args(arch, tp, pp), "checkpoint_version": version, "iteration": iteration,
                     "model": stage_model(arch, w, tp, pp, t, p, version, scheme),
                     "rng_state": [{"random_rng_state": random.getstate(), "np_rng_state": np.random.get_state(),
                                    "torch_rng_state": torch.get_rng_state()}],
-                }, shard / "model_optim_rng.pt")
+                }
+                if edit is not None:
+                    edit(t, p, obj)
+                torch.save(obj, shard / "model_optim_rng.pt")
     (root / "latest_checkpointed_iteration.txt").write_text(str(iteration))
     return root
 
