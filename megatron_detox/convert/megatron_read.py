@@ -93,11 +93,11 @@ class MegatronSource:
             raise UserError(f"{first}: the model's vocabulary has {known} tokens, more than the target "
                             f"tokenizer's {vocab_size}; use the tokenizer the model was trained with")
         self.cfg = config_from_args(args, str(first), vocab_size)
-        self.padded_vocab = int(args.padded_vocab_size)
+        self.padded_vocab = int(getattr(args, "padded_vocab_size", 0))
         self._check_grid(folder, ranks, first)
         self.stages = [_Stage([folder / self._dir_name(t, p) / SHARD_FILE for t in range(self.tp)])
                        for p in range(self.pp)]
-        self._mapped = set()
+        self._mapped: set[int] = set()  # storages of the memory-mapped shards a read touched
         self._index()
         if self.cfg.vocab_size > self.padded_vocab:
             raise UserError(f"{first}: the target tokenizer has {self.cfg.vocab_size} tokens but the checkpoint "
@@ -215,7 +215,7 @@ class MegatronSource:
 
     def read(self, names: list[str]) -> dict[str, Tensor]:
         cfg = self.cfg
-        self._mapped: set[int] = set()
+        self._mapped.clear()
         index = layer_index(names)
         if index is not None:
             stage, local = self._stage_of(index)

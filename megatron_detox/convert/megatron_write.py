@@ -74,9 +74,9 @@ class MegatronSink:
                 if name == "tok_embeddings.weight" and self.cfg.tie_word_embeddings and self.pp > 1:
                     self.tied_copy = tensor  # the last stage holds its own copy (``output_layer``)
             else:
-                part = ("pos", leaf) if name.startswith("pos_embeddings.") else ("final_norm", leaf)
+                replicated = ("pos", leaf) if name.startswith("pos_embeddings.") else ("final_norm", leaf)
                 for rank in range(self.tp):
-                    self.pending[rank][mcore_key(part)] = tensor.clone()
+                    self.pending[rank][mcore_key(replicated)] = tensor.clone()
         if stage == self.pp - 1 and names[0].startswith("norm.") and self.cfg.tie_word_embeddings and self.pp > 1:
             self._vocab_parallel(("head_copy", "weight"), self.tied_copy)
 

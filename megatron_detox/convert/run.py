@@ -51,7 +51,8 @@ def open_source(kind: str, path: Path, vocab_size: int | None = None) -> Source:
         raise UserError(f"{path}: not found")
     if kind == "megatron":
         return MegatronSource(path, vocab_size)
-    source: Source = {"dcp": DcpSource, "hf": HFSource, "gguf": GGUFSource}[kind](path)
+    opener: dict[str, Callable[[Path], Source]] = {"dcp": DcpSource, "hf": HFSource, "gguf": GGUFSource}
+    source = opener[kind](path)
     if vocab_size is not None:
         cfg = source.cfg
         if vocab_size < cfg.vocab_size:
@@ -95,13 +96,13 @@ def convert(opts: ConvertOptions, echo: Callable[[str], None] = print) -> Path |
     groups = tensor_groups(cfg)
     shapes = expected_shapes(cfg)
     if opts.dry_run:
-        sink = open_sink(opts, source, DTYPES[opts.dtype or "fp32"])
+        planned = open_sink(opts, source, DTYPES[opts.dtype or "fp32"])
         echo(f"# {opts.source} {opts.input} -> {opts.target} {opts.output}: {cfg.num_layers} layers, hidden "
              f"{cfg.hidden_size}, {cfg.num_attention_heads} heads ({cfg.kv_heads} kv), vocab {cfg.vocab_size}")
         for label, names in groups:
             echo(f"[{label}]")
             for name in names:
-                echo(f"  {source.describe(name)}  ->  {name} {list(shapes[name])}  ->  {sink.describe(name)}")
+                echo(f"  {source.describe(name)}  ->  {name} {list(shapes[name])}  ->  {planned.describe(name)}")
         return None
     total = sum(math.prod(shapes[n]) for _, names in groups for n in names)
     sink: Sink | None = None
