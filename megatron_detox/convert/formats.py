@@ -8,17 +8,24 @@ Each reuses the loader the rest of the package uses (``train.checkpoint`` /
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
+import queue
 import shutil
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import save_file
 from torch import Tensor
+from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+from torch.distributed.checkpoint.planner import WriteItem, WriteItemType
 
 from megatron_detox.atomic import write_text_atomic
+from megatron_detox.convert.groups import tensor_groups
 from megatron_detox.errors import UserError
 from megatron_detox.models.config import ModelConfig
 from megatron_detox.models.hf import INDEX_FILE, SINGLE_FILE, HFReader
@@ -81,24 +88,86 @@ class DcpSink:
 
     Full (unsharded) tensors are layout-free: DCP reshards them for whatever TP x PP x DP
     layout loads them, so ``--tp/--pp`` only go into ``meta.json``'s ``layout``.
+
+    Streaming: ``dcp.save`` runs in a writer thread on a state dict of meta tensors; its
+    planner asks for each tensor when it writes it (one file per tensor, in group order),
+    and ``write`` hands over one group at a time through a one-slot queue.
     """
 
     def __init__(self, out: str | Path, cfg: ModelConfig, tp: int, pp: int) -> None:
         self.out, self.cfg = Path(out), cfg
         self.layout = f"tp={tp} pp={pp}"
-        self.state: dict[str, Tensor] = {}
         self.tmp = self.out.with_name(self.out.name + ".tmp")
+        self.groups: queue.Queue[dict[str, Tensor] | None] = queue.Queue(maxsize=1)
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
 
-    def write(self, tensors: dict[str, Tensor]) -> None:
-        self.state.update(pad_vocab(self.cfg, dict(tensors)))
-
-    def finish(self) -> Path:
-        if self.cfg.tie_word_embeddings:  # stored under both names, as training saves it
-            self.state["output.weight"] = self.state["tok_embeddings.weight"]
+    def _start(self, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+        shapes = expected_shapes(self.cfg)
+        spec: dict[str, Tensor] = {}
+        for _, names in tensor_groups(self.cfg):
+            for name in names:
+                spec[name] = torch.empty(shapes[name], dtype=dtype, device="meta")
+                if name == "tok_embeddings.weight" and self.cfg.tie_word_embeddings:
+                    # Stored under both names, as training saves it; written with the embeddings.
+                    spec["output.weight"] = torch.empty(shapes[name], dtype=dtype, device="meta")
         meta = {"model": model_shape(self.cfg), "model_config": dataclasses.asdict(self.cfg), "method": "full",
                 "layout": self.layout, "world_size": 1, "converted": True}
         fresh_dir(self.tmp)
-        save_checkpoint(self.tmp, 0, {"model": self.state}, meta, rank=0, keep_last=0)
+
+        def save() -> None:
+            try:
+                save_checkpoint(self.tmp, 0, {"model": spec}, meta, rank=0, keep_last=0,
+                                planner=_PullPlanner(self._pull), single_file_per_rank=False)
+            except BaseException as error:  # re-raised by the converting thread
+                self.error = error
+
+        self.current: dict[str, Tensor] = {}
+        self.thread = threading.Thread(target=save, name="dcp-writer", daemon=True)
+        self.thread.start()
+
+    def _pull(self, name: str) -> Tensor:
+        while name not in self.current:
+            group = self.groups.get()
+            if group is None:
+                raise RuntimeError(f"the converter ended before tensor {name!r} was written")
+            self.current = group
+        return self.current.pop(name).to(self.dtype)  # the dtype the plan announced
+
+    def write(self, tensors: dict[str, Tensor]) -> None:
+        group = pad_vocab(self.cfg, dict(tensors))
+        if self.cfg.tie_word_embeddings and "tok_embeddings.weight" in group:
+            group["output.weight"] = group["tok_embeddings.weight"]
+        if self.thread is None:
+            self._start(next(iter(group.values())).dtype)
+        self._put(group)
+
+    def _put(self, group: dict[str, Tensor] | None) -> None:
+        assert self.thread is not None
+        while True:
+            if self.error is not None or not self.thread.is_alive():
+                if group is None and self.error is None:
+                    return  # the writer already has every tensor and finished
+                self._raise()
+            try:
+                self.groups.put(group, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+        raise RuntimeError("the DCP writer thread stopped early")
+
+    def finish(self) -> Path:
+        assert self.thread is not None, "nothing was written"
+        if self.thread.is_alive():
+            self._put(None)
+        self.thread.join()
+        if self.error is not None:
+            self._raise()
         if self.out.exists():
             shutil.rmtree(self.out)
         os.replace(self.tmp, self.out)
@@ -106,6 +175,19 @@ class DcpSink:
 
     def describe(self, name: str) -> str:
         return f"model.{name} @ checkpoints/step_000000"
+
+
+class _PullPlanner(DefaultSavePlanner):
+    """DCP's default plan, with each tensor's data asked for only when the writer reaches it."""
+
+    def __init__(self, pull: Callable[[str], Tensor]) -> None:
+        super().__init__()
+        self.pull = pull
+
+    def resolve_data(self, write_item: WriteItem) -> Tensor | io.BytesIO:
+        if write_item.type == WriteItemType.BYTE_IO:
+            return super().resolve_data(write_item)
+        return self.pull(write_item.index.fqn.removeprefix("model."))
 
 
 # ---------------------------------------------------------------- Hugging Face

@@ -1,7 +1,7 @@
 """``convert``: open a source, open a sink, move the tensors group by group.
 
-Peak memory is one group read + its converted form (a Megatron sink holds one
-pipeline stage, a DCP sink the model; see docs/conversion.md). ``--dry-run`` prints
+Peak memory is a few tensor groups (a Megatron sink holds one pipeline stage; see
+docs/conversion.md). ``--dry-run`` prints
 the mapping without reading a tensor.
 """
 
