@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "megatron_detox.commands.generate",
     "megatron_detox.commands.train",
     "megatron_detox.commands.export",
+    "megatron_detox.commands.convert",
     "megatron_detox.commands.peft",
     "megatron_detox.commands.evaluate",
     "megatron_detox.commands.plan",

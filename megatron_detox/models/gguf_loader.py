@@ -40,21 +40,29 @@ _GLOBAL_KEYS = {"token_embd": "tok_embeddings", "output_norm": "norm", "output":
 def load_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, Tensor]]:
     """Return ``(config, state_dict)`` in our parameter names, fp32, vocab rows padded."""
     path = Path(path)
-    reader = _open(path)
-    cfg = _config(reader, path)
-    state: dict[str, Tensor] = {}
-    for tensor in reader.tensors:
-        name = _our_name(tensor.name, path)
-        values = torch.from_numpy(_dequantize(tensor, path))
-        if name.endswith(("q_proj.weight", "k_proj.weight")):
-            heads = cfg.num_attention_heads if "q_proj" in name else cfg.kv_heads
-            values = unpermute_rope_rows(values, heads)
-        state[name] = values
+    reader, cfg = open_gguf(path)
+    state = dict(read_gguf_tensor(tensor, cfg, path) for tensor in reader.tensors)
     if cfg.tie_word_embeddings and "tok_embeddings.weight" in state:
         state["output.weight"] = state["tok_embeddings.weight"]
     state = pad_vocab(cfg, state)
     check_state_dict(cfg, state, str(path))
     return cfg, state
+
+
+def open_gguf(path: Path) -> tuple[Any, ModelConfig]:
+    """``(gguf.GGUFReader, config)``; the reader's tensors are memory-mapped, nothing dequantized yet."""
+    reader = _open(path)
+    return reader, _config(reader, path)
+
+
+def read_gguf_tensor(tensor: Any, cfg: ModelConfig, path: Path) -> tuple[str, Tensor]:
+    """``(our name, fp32 tensor)`` of one ``GGUFReader`` tensor (vocab unpadded, RoPE rows restored)."""
+    name = gguf_to_our_name(tensor.name, path)
+    values = torch.from_numpy(_dequantize(tensor, path))
+    if name.endswith(("q_proj.weight", "k_proj.weight")):
+        heads = cfg.num_attention_heads if "q_proj" in name else cfg.kv_heads
+        values = unpermute_rope_rows(values, heads)
+    return name, values
 
 
 def unpermute_rope_rows(weight: Tensor, num_heads: int) -> Tensor:
@@ -141,7 +149,7 @@ def _optional_int(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
-def _our_name(gguf_name: str, path: Path) -> str:
+def gguf_to_our_name(gguf_name: str, path: Path) -> str:
     stem, _, leaf = gguf_name.rpartition(".")
     parts = stem.split(".")
     if len(parts) == 3 and parts[0] == "blk" and parts[2] in _LAYER_KEYS:

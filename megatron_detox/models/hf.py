@@ -32,39 +32,54 @@ def is_hf_folder(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file()
 
 
-def load_hf(folder: str | Path) -> tuple[ModelConfig, dict[str, Tensor]]:
-    """Return ``(config, state_dict)`` in our parameter names, vocab rows zero-padded."""
-    folder = Path(folder)
-    cfg = config_from_hf(read_json(folder / "config.json"), str(folder / "config.json"), name=folder.name)
-    if (folder / "tokenizer.json").is_file():
-        cfg.tokenizer = str(folder / "tokenizer.json")
-    files = _tensor_files(folder)
-    handles = {path: _open_safetensors(path) for path in set(files.values())}
-    used: set[str] = set()
+class HFReader:
+    """An HF folder opened for reading tensors one at a time (config parsed, files indexed)."""
 
-    def get(name: str, shape: tuple[int, ...]) -> Tensor:
+    def __init__(self, folder: str | Path) -> None:
+        self.path = folder = Path(folder)
+        self.cfg = config_from_hf(read_json(folder / "config.json"), str(folder / "config.json"), name=folder.name)
+        if (folder / "tokenizer.json").is_file():
+            self.cfg.tokenizer = str(folder / "tokenizer.json")
+        self.files = _tensor_files(folder)
+        self.handles = {path: _open_safetensors(path) for path in set(self.files.values())}
+        self.used: set[str] = set()
+
+    def get(self, name: str, shape: tuple[int, ...]) -> Tensor:
+        """HF tensor ``name``, checked against ``shape``; a UserError naming the file otherwise."""
         # Some GPT-2 checkpoints (the original `gpt2` on the Hub) store names without "transformer."
-        key = name if name in files else name.removeprefix("transformer.")
-        if key not in files:
-            raise UserError(f"{folder}: tensor {name!r} is missing from the checkpoint")
-        path = files[key]
+        key = name if name in self.files else name.removeprefix("transformer.")
+        if key not in self.files:
+            raise UserError(f"{self.path}: tensor {name!r} is missing from the checkpoint")
+        path = self.files[key]
         try:
-            tensor: Tensor = handles[path].get_tensor(key)
+            tensor: Tensor = self.handles[path].get_tensor(key)
         except Exception as exc:  # safetensors raises its own error types on damaged data
             raise UserError(f"{path}: cannot read tensor {key!r} ({exc}); the file is damaged") from None
         if tuple(tensor.shape) != tuple(shape):
             raise UserError(f"{path}: tensor {key!r} has shape {list(tensor.shape)}, expected {list(shape)}")
-        used.add(key)
+        self.used.add(key)
         return tensor
 
-    state = from_hf_state_dict(cfg, get)
-    leftover = sorted(k for k in set(files) - used
-                      if not k.endswith(IGNORED_HF_SUFFIXES) and not (cfg.tie_word_embeddings and k == "lm_head.weight"))
-    if leftover:
-        raise UserError(f"{files[leftover[0]]}: unexpected tensor {leftover[0]!r} for model_type "
-                        f"{hf_model_type(cfg)!r}")
-    check_state_dict(cfg, state, str(folder))
-    return cfg, state
+    def read(self, names: list[str]) -> dict[str, Tensor]:
+        """Our tensors ``names`` (vocab rows padded)."""
+        return from_hf_state_dict(self.cfg, self.get, set(names))
+
+    def check_all_used(self) -> None:
+        """A UserError naming a tensor of the folder that no name of ours maps to."""
+        leftover = sorted(k for k in set(self.files) - self.used if not k.endswith(IGNORED_HF_SUFFIXES)
+                          and not (self.cfg.tie_word_embeddings and k == "lm_head.weight"))
+        if leftover:
+            raise UserError(f"{self.files[leftover[0]]}: unexpected tensor {leftover[0]!r} for model_type "
+                            f"{hf_model_type(self.cfg)!r}")
+
+
+def load_hf(folder: str | Path) -> tuple[ModelConfig, dict[str, Tensor]]:
+    """Return ``(config, state_dict)`` in our parameter names, vocab rows zero-padded."""
+    reader = HFReader(folder)
+    state = from_hf_state_dict(reader.cfg, reader.get)
+    reader.check_all_used()
+    check_state_dict(reader.cfg, state, str(reader.path))
+    return reader.cfg, state
 
 
 def _tensor_files(folder: Path) -> dict[str, Path]:
@@ -96,4 +111,4 @@ def _open_safetensors(path: Path) -> Any:
                         "it may be truncated, download it again") from None
 
 
-__all__ = ["is_hf_folder", "load_hf", "to_hf_state_dict"]
+__all__ = ["HFReader", "is_hf_folder", "load_hf", "to_hf_state_dict"]

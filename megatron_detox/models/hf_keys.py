@@ -8,7 +8,7 @@ stores weights ``[in, out]``) is the one special case.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import torch
@@ -174,40 +174,53 @@ def _fused_qkv(cfg: ModelConfig) -> list[tuple[int, str, str]]:
             for i in range(cfg.num_layers) for leaf in ("weight", "bias")]
 
 
-def from_hf_state_dict(cfg: ModelConfig, get: Getter) -> dict[str, Tensor]:
-    """Our state dict (vocab padded, tied output shared) from HF tensors fetched by ``get``."""
+def from_hf_state_dict(cfg: ModelConfig, get: Getter, names: Collection[str] | None = None) -> dict[str, Tensor]:
+    """Our state dict (vocab padded, tied output shared) from HF tensors fetched by ``get``.
+
+    ``names`` limits it to those tensors of ours (a converter reads one layer at a time).
+    """
     shapes = {name: tuple(shape) for name, shape in expected_shapes(cfg).items()}
     for name in ("tok_embeddings.weight", "output.weight"):
         shapes[name] = (cfg.vocab_size, cfg.hidden_size)  # HF files hold the unpadded vocabulary
     state: dict[str, Tensor] = {}
     for ours, theirs, transpose in key_map(cfg):
+        if names is not None and ours not in names:
+            continue
         shape = shapes[ours]
         tensor = get(theirs, shape[::-1] if transpose else shape)
         state[ours] = tensor.t().contiguous() if transpose else tensor
     h = cfg.hidden_size
     for i, leaf, theirs in _fused_qkv(cfg):
+        if names is not None and f"layers.{i}.attention.q_proj.{leaf}" not in names:
+            continue
         fused = get(theirs, (h, 3 * h) if leaf == "weight" else (3 * h,))
         fused = fused.t() if leaf == "weight" else fused  # -> [3h, in]: q, k, v stacked on rows
         for proj, part in zip(("q_proj", "k_proj", "v_proj"), fused.chunk(3, dim=0), strict=True):
             state[f"layers.{i}.attention.{proj}.{leaf}"] = part.contiguous()
-    if cfg.tie_word_embeddings:
+    if cfg.tie_word_embeddings and "tok_embeddings.weight" in state:
         state["output.weight"] = state["tok_embeddings.weight"]
     return pad_vocab(cfg, state)
 
 
-def to_hf_state_dict(cfg: ModelConfig, state: Mapping[str, Tensor]) -> tuple[dict[str, Any], dict[str, Tensor]]:
+def to_hf_state_dict(cfg: ModelConfig, state: Mapping[str, Tensor],
+                     partial: bool = False) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """``(hf_config_dict, hf_state_dict)`` for our ``state``: the inverse of the HF loader.
 
     Vocabulary padding is dropped; a tied output is left out (HF ties it on load).
     Every returned tensor owns its memory, so ``safetensors`` can save the dict.
+    ``partial``: ``state`` holds some groups only (a converter writes one layer at a time).
     """
     hf: dict[str, Tensor] = {}
     for ours, theirs, transpose in key_map(cfg):
+        if partial and ours not in state:
+            continue
         tensor = state[ours]
         if ours in ("tok_embeddings.weight", "output.weight"):
             tensor = unpad_vocab(cfg, tensor)
         hf[theirs] = (tensor.t() if transpose else tensor).contiguous().clone()
     for i, leaf, theirs in _fused_qkv(cfg):
+        if partial and f"layers.{i}.attention.q_proj.{leaf}" not in state:
+            continue
         parts = [state[f"layers.{i}.attention.{proj}.{leaf}"] for proj in ("q_proj", "k_proj", "v_proj")]
         fused = torch.cat(parts, dim=0)
         hf[theirs] = fused.t().contiguous() if leaf == "weight" else fused

@@ -28,6 +28,8 @@ import numpy
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemWriter
+from torch.distributed.checkpoint.planner import SavePlanner
 
 from megatron_detox.atomic import write_text_atomic
 from megatron_detox.errors import UserError
@@ -88,9 +90,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(
-    run_dir: Path, step: int, state: dict[str, Any], meta: dict[str, Any], *, rank: int, keep_last: int
+    run_dir: Path, step: int, state: dict[str, Any], meta: dict[str, Any], *, rank: int, keep_last: int,
+    planner: SavePlanner | None = None, single_file_per_rank: bool = True,
 ) -> Path:
-    """Save ``state`` (DCP tensors) + ``meta`` as checkpoint ``step``; call on every rank."""
+    """Save ``state`` (DCP tensors) + ``meta`` as checkpoint ``step``; call on every rank.
+
+    ``planner`` / ``single_file_per_rank``: DCP's, for a writer that produces tensors on
+    demand (the converter streams them; one file per tensor keeps them in state-dict order).
+    """
     root = run_dir / "checkpoints"
     final = root / step_dir_name(step)
     tmp = root / (step_dir_name(step) + ".tmp")
@@ -102,7 +109,8 @@ def save_checkpoint(
     barrier()
     with warnings.catch_warnings():  # a single process without a process group is intended
         warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
-        dcp.save(state, checkpoint_id=str(tmp), no_dist=not (dist.is_available() and dist.is_initialized()))
+        dcp.save(state, storage_writer=FileSystemWriter(str(tmp), single_file_per_rank=single_file_per_rank),
+                 planner=planner, no_dist=not (dist.is_available() and dist.is_initialized()))
     write_text_atomic(tmp / f"rng_rank{rank}.json", json.dumps(rng_state()))
     barrier()
     if rank == 0:

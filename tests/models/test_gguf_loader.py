@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import gguf
-import numpy as np
 import pytest
 import torch
+from gguf_fixture import write_gguf
 
 from megatron_detox.errors import UserError
 from megatron_detox.models import build_model, load_model
@@ -18,42 +17,6 @@ CFG = ModelConfig(num_layers=2, hidden_size=64, num_attention_heads=4, num_query
                   vocab_size=200, max_position_embeddings=64, position_embedding="rope", rope_theta=500.0,
                   normalization="rmsnorm", norm_eps=1e-6, activation="swiglu", add_bias_linear=False,
                   tie_word_embeddings=False)
-
-
-def _llama_cpp_permute(weight: np.ndarray, heads: int) -> np.ndarray:
-    """What llama.cpp's convert_hf_to_gguf.py does to q/k rows (rotate-half -> interleaved pairs)."""
-    return weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
-
-
-def _write_gguf(path: Path, state: dict[str, torch.Tensor], arch: str = "llama") -> None:
-    writer = gguf.GGUFWriter(path, arch)
-    writer.add_block_count(CFG.num_layers)
-    writer.add_context_length(CFG.max_position_embeddings)
-    writer.add_embedding_length(CFG.hidden_size)
-    writer.add_feed_forward_length(CFG.ffn_size)
-    writer.add_head_count(CFG.num_attention_heads)
-    writer.add_head_count_kv(CFG.kv_heads)
-    writer.add_rope_freq_base(CFG.rope_theta)
-    writer.add_layer_norm_rms_eps(CFG.norm_eps)
-    writer.add_token_list([f"t{i}" for i in range(CFG.vocab_size)])
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
-    names = {"attention_norm": "attn_norm", "attention.q_proj": "attn_q", "attention.k_proj": "attn_k",
-             "attention.v_proj": "attn_v", "attention.o_proj": "attn_output", "mlp_norm": "ffn_norm",
-             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
-    writer.add_tensor("token_embd.weight", state["tok_embeddings.weight"][: CFG.vocab_size].numpy())
-    writer.add_tensor("output_norm.weight", state["norm.weight"].numpy())
-    writer.add_tensor("output.weight", state["output.weight"][: CFG.vocab_size].numpy())
-    for i in range(CFG.num_layers):
-        for ours, theirs in names.items():
-            weight = state[f"layers.{i}.{ours}.weight"].numpy()
-            if theirs in ("attn_q", "attn_k"):
-                weight = _llama_cpp_permute(weight, CFG.num_attention_heads if theirs == "attn_q" else CFG.kv_heads)
-            writer.add_tensor(f"blk.{i}.{theirs}.weight", np.ascontiguousarray(weight))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
 
 
 @pytest.fixture
@@ -68,7 +31,7 @@ def tiny(tmp_path: Path) -> tuple[torch.nn.Module, Path]:
             if "norm" in name:
                 tensor.add_(torch.randn_like(tensor) * 0.1)  # so a swapped norm would show
     path = tmp_path / "tiny.gguf"
-    _write_gguf(path, state)
+    write_gguf(path, CFG, state)
     return model, path
 
 
@@ -117,6 +80,6 @@ def test_truncated_real_file(smollm2_gguf: Path, tmp_path: Path) -> None:
 
 def test_unsupported_architecture(tmp_path: Path) -> None:
     path = tmp_path / "gpt2.gguf"
-    _write_gguf(path, build_model(CFG, seed=0).state_dict(), arch="gpt2")
+    write_gguf(path, CFG, build_model(CFG, seed=0).state_dict(), arch="gpt2")
     with pytest.raises(UserError, match=f"{path}: GGUF architecture 'gpt2' is not supported"):
         load_gguf(path)
