@@ -15,7 +15,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["megatron_detox", "megatron_detox.*"]),
     include_package_data=True,
-    package_data={"megatron_detox": ["py.typed"]},
+    # The calibrated scorer's fitted head (~3 MB) ships in the wheel: a user's clone has no data folder.
+    package_data={"megatron_detox": ["py.typed", "scoring/calibrated/head.safetensors", "scoring/calibrated/head.json"]},
     install_requires=[
         # <2.14: 2.13 is the newest CPU build on the package index for py3.11 here.
         "torch>=2.6,<2.14",
@@ -28,7 +29,11 @@ setup(
         "tqdm>=4.66,<5",
         "gguf>=0.10,<0.20",
         "safetensors>=0.4,<0.8",
-        "threadpoolctl>=3.1,<4",  # numpy's BLAS gets torch's thread count (generate/cpu_linears.py)
+        "threadpoolctl>=3.1,<4",
+        # The default offline scorer (`calibrated`): hashed n-grams, ridge, isotonic. <2 stays
+        # compatible with alt-profanity-check's pin (scikit-learn==1.9.1 in its 1.9.1 release).
+        "scikit-learn>=1.3,<2",
+        "scipy>=1.10,<2",  # numpy's BLAS gets torch's thread count (generate/cpu_linears.py)
     ],
     extras_require={
         "scoring": ["alt-profanity-check>=1.5,<2"],

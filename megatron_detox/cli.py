@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "megatron_detox.commands.setup",
     "megatron_detox.commands.models",
     "megatron_detox.commands.score",
+    "megatron_detox.commands.scorer",
     "megatron_detox.commands.data",
     "megatron_detox.commands.generate",
     "megatron_detox.commands.train",

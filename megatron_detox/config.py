@@ -166,7 +166,7 @@ class GenerateConfig:
 @dataclass
 class ScoreConfig:
     scorer: str = "auto"
-    """perspective | profanity | hf-classifier | auto (perspective when a key is set)."""
+    """perspective | calibrated | profanity | hf-classifier | auto (perspective when a key is set, else calibrated)."""
     attributes: list[str] = field(default_factory=lambda: [
         "toxicity", "severe_toxicity", "sexually_explicit", "threat", "profanity", "identity_attack"])
     perspective_url: str | None = None

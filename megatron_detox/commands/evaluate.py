@@ -35,8 +35,8 @@ def _add_model(parser: argparse.ArgumentParser) -> None:
 
 def _add_scorer(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("scoring")
-    group.add_argument("--scorer", help="perspective | profanity | hf-classifier "
-                       "(default: perspective when PERSPECTIVE_API_KEY is set, else profanity)")
+    group.add_argument("--scorer", help="perspective | calibrated | profanity | hf-classifier "
+                       "(default: perspective when PERSPECTIVE_API_KEY is set, else calibrated)")
     group.add_argument("--api-key-file", help="Perspective key file (default: $PERSPECTIVE_API_KEY)")
     group.add_argument("--api-key", dest="api_key_on_argv", help=argparse.SUPPRESS)
     group.add_argument("--perspective-url", help="Perspective endpoint (proxy or local perspective-server)")

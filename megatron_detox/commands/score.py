@@ -34,6 +34,7 @@ def _add_scorer_options(parser: argparse.ArgumentParser, *, client: bool) -> Non
     group.add_argument("--hf-max-length", type=int, default=512, help="tokens per text")
     group.add_argument("--hf-label-map", type=_label_map, help="rename labels, e.g. toxic=toxicity")
     group.add_argument("--device", default="cpu", help="torch device of the hf-classifier")
+    group.add_argument("--calibrated-head", help="head folder of the calibrated scorer [the one in the package]")
     if not client:
         return
     group = parser.add_argument_group("Perspective client")
@@ -65,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description="Scores every record's text; rerun the same command after a crash to resume.",
     )
     score.add_argument(
-        "--scorer", choices=SCORER_NAMES, help="default: perspective if PERSPECTIVE_API_KEY is set, else profanity"
+        "--scorer", choices=SCORER_NAMES, help="default: perspective if PERSPECTIVE_API_KEY is set, else calibrated"
     )
     score.add_argument("--input", required=True)
     score.add_argument("--output", required=True)
@@ -98,7 +99,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     server.add_argument("--host", default="127.0.0.1", help="bind address [loopback]")
     server.add_argument("--port", type=int, default=8080)
-    server.add_argument("--scorer", choices=("profanity", "hf-classifier"), default="profanity")
+    server.add_argument("--scorer", choices=("calibrated", "profanity", "hf-classifier"), default="calibrated")
     server.add_argument("--log", help="JSONL request log (arrival time, status, fault)")
     server.add_argument("--max-text-bytes", type=int, default=protocol.DOCUMENTED_MAX_BYTES)
     server.add_argument("--languages", type=_csv, default=("en",), help="supported languages [en]")
@@ -155,6 +156,7 @@ def run_score(args: argparse.Namespace) -> int:
         hf_max_length=args.hf_max_length,
         hf_label_map=args.hf_label_map,
         device=args.device,
+        calibrated_head=args.calibrated_head,
     )
     cache_path = args.cache or args.output + ".scores.sqlite"
     with scorer, ScoreCache(cache_path) as cache:
@@ -209,6 +211,7 @@ def run_server(args: argparse.Namespace) -> int:
         hf_max_length=args.hf_max_length,
         hf_label_map=args.hf_label_map,
         device=args.device,
+        calibrated_head=args.calibrated_head,
     )
     try:
         faults = FaultConfig(

@@ -4,7 +4,7 @@ Public API (what the evaluation and SGEAT stages call)::
 
     from megatron_detox.scoring import build_scorer, ScoreCache, score_file, score_records
 
-    scorer = build_scorer("perspective", qps=1.0)        # or "profanity", "hf-classifier"
+    scorer = build_scorer("perspective", qps=1.0)        # or "calibrated", "profanity", "hf-classifier"
     scorer.score(["some text"])                         # -> [{"toxicity": 0.02, ...} | None]
     with ScoreCache("scores.sqlite") as cache:
         summary = score_file("gen.jsonl", "gen.scored.jsonl", scorer, cache, text_key="text")
@@ -16,7 +16,8 @@ Public API (what the evaluation and SGEAT stages call)::
   ``score(texts) -> list[dict[str, float] | None]`` and
   ``score_detailed(texts) -> list[ScoreOutcome]`` (with error reasons).
 * ``build_scorer(name=None, **options) -> Scorer`` -- ``None`` picks Perspective
-  when ``PERSPECTIVE_API_KEY`` (or ``api_key_file``) is set, else ``profanity``.
+  when ``PERSPECTIVE_API_KEY`` (or ``api_key_file``) is set, else ``calibrated``
+  (the offline scorer fitted to archived Perspective scores, docs/scorers.md).
 * ``ScoreCache(path | None)`` -- SQLite, keyed by (scorer, attributes, sha256(text)).
 * ``score_records(records, scorer, cache=None, text_key="text", *, workers=1) -> Iterator[dict]``
   and ``score_file(input, output, scorer, cache=None, text_key="text", *, workers=1)

@@ -17,7 +17,9 @@ from megatron_detox.scoring.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
-SCORER_NAMES: tuple[str, ...] = ("perspective", "profanity", "hf-classifier")
+SCORER_NAMES: tuple[str, ...] = ("perspective", "calibrated", "profanity", "hf-classifier")
+OFFLINE_DEFAULT = "calibrated"
+"""The default without a Perspective key: it beats ``profanity`` on the held-out table (docs/scorers.md)."""
 
 
 def is_loopback_url(url: str) -> bool:
@@ -32,8 +34,8 @@ def is_loopback_url(url: str) -> bool:
 
 
 def default_scorer_name(api_key: ApiKey | None) -> str:
-    """``perspective`` when a key is available, else the offline ``profanity``."""
-    return "perspective" if api_key is not None else "profanity"
+    """``perspective`` when a key is available, else the offline ``calibrated``."""
+    return "perspective" if api_key is not None else OFFLINE_DEFAULT
 
 
 def build_scorer(
@@ -56,9 +58,10 @@ def build_scorer(
     hf_max_length: int = 512,
     hf_label_map: Mapping[str, str] | None = None,
     device: str = "cpu",
+    calibrated_head: str | Path | None = None,
     **unknown: Any,
 ) -> Scorer:
-    """Build a scorer by name; ``None`` picks Perspective if a key is set, else ``profanity``.
+    """Build a scorer by name; ``None`` picks Perspective if a key is set, else ``calibrated``.
 
     The Perspective key is ``api_key``, else read from ``api_key_file``, else
     ``$PERSPECTIVE_API_KEY``; it may be absent only for a loopback endpoint.
@@ -74,7 +77,7 @@ def build_scorer(
         if api_key is None and not is_loopback_url(perspective_url):
             raise UserError(
                 "the perspective scorer needs a key: set PERSPECTIVE_API_KEY or pass --api-key-file "
-                "(or use --scorer profanity offline)"
+                "(or use --scorer calibrated offline)"
             )
         if not qps > 0:
             raise UserError(f"--qps must be > 0, got {qps}")
@@ -96,6 +99,12 @@ def build_scorer(
             retry=retry,
             pool_size=max(workers, 1),
         )
+    if name == "calibrated":
+        from megatron_detox.scoring.calibrated.scorer import CalibratedScorer
+
+        if max_bytes < 1:
+            raise UserError(f"--max-bytes must be >= 1, got {max_bytes}")
+        return CalibratedScorer(calibrated_head, max_bytes=max_bytes)
     if name == "profanity":
         from megatron_detox.scoring.profanity import ProfanityScorer
 

@@ -8,7 +8,7 @@ holds a key, a header or a text. Binds to loopback unless told otherwise.
 
 In-process use::
 
-    with serve_in_thread(ProfanityScorer(), port=0, log_path=log) as running:
+    with serve_in_thread(CalibratedScorer(), port=0, log_path=log) as running:
         client = PerspectiveScorer(None, url=running.url)
 """
 
@@ -42,8 +42,9 @@ class ServerSettings:
 
     max_text_bytes: int = protocol.DOCUMENTED_MAX_BYTES  # "Comment text too long." above
     languages: tuple[str, ...] = ("en",)  # others -> 400, like an unsupported language
+    # Attributes the backend has are its own scores (``calibrated``: all eight).
     # "substitute": attributes the backend lacks are answered with its toxicity
-    # score (so the paper's six attributes work offline); "reject": 400.
+    # score (so the paper's six attributes work with ``profanity``); "reject": 400.
     missing_attributes: str = "substitute"
     faults: FaultConfig = field(default_factory=FaultConfig)
     # When set, requests must carry this key (X-Goog-Api-Key header or ?key=),

@@ -19,9 +19,9 @@ def test_profanity_scorer(profanity) -> None:
     assert profanity.version.startswith("alt-profanity-check-")
 
 
-def test_default_scorer_without_key_is_profanity(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_scorer_without_key_is_calibrated(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PERSPECTIVE_API_KEY", raising=False)
-    assert build_scorer().name == "profanity"
+    assert build_scorer().name == "calibrated"
     with pytest.raises(UserError, match="unknown scorer"):
         build_scorer("nope")
     with pytest.raises(UserError, match="--hf-model"):

@@ -89,3 +89,19 @@ def test_bad_server_options_are_one_line_exit_2(capsys, option: list[str], messa
     code = cli.main(["perspective-server", *option])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0]
+
+
+def test_calibrated_backend_serves_distinct_attributes(tmp_path) -> None:
+    from megatron_detox.scoring.calibrated.scorer import CalibratedScorer
+    from megatron_detox.scoring.server import ServerSettings, serve_in_thread
+
+    attributes = ["toxicity", "severe_toxicity", "threat", "insult", "profanity", "identity_attack"]
+    text = "I will kill you, you stupid piece of shit"
+    with serve_in_thread(CalibratedScorer(), settings=ServerSettings(missing_attributes="reject")) as server:
+        answer = requests.post(server.url, json=protocol.build_request(text, attributes, ["en"]), timeout=10)
+    assert answer.status_code == 200
+    values = {name.lower(): score["summaryScore"]["value"] for name, score in answer.json()["attributeScores"].items()}
+    assert set(values) == set(attributes)
+    assert len(set(values.values())) == len(attributes)  # real per-attribute scores, not one copied
+    direct = CalibratedScorer().score([text])[0]
+    assert direct is not None and values == {name: direct[name] for name in attributes}
