@@ -2,7 +2,8 @@
 
 Each command module exposes ``register(subparsers)``, which adds its parser and sets
 ``func`` (called with the parsed namespace, returning an exit code). A ``UserError``
-is printed as one line and exits with code 2.
+is printed as one line and exits with code 2; a pre-emption signal (``Preempted``)
+exits with ``REQUEUE_EXIT_CODE`` (75), which the SLURM scripts requeue on.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 
 from megatron_detox import __version__
 from megatron_detox.errors import UserError
+from megatron_detox.preemption import REQUEUE_EXIT_CODE, Preempted
 
 # Modules providing ``register(subparsers)``, in the order shown by ``--help``.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -59,6 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as error:
         print(f"megatron-detox {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except Preempted as stopped:  # finished records are kept; the SLURM scripts requeue on this code
+        print(f"megatron-detox {args.command}: {stopped}; finished work is kept, rerun the same command to "
+              f"continue (exit {REQUEUE_EXIT_CODE}: requeue)", file=sys.stderr)
+        return REQUEUE_EXIT_CODE
     except KeyboardInterrupt:
         print(f"megatron-detox {args.command}: interrupted", file=sys.stderr)
         return 130
