@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from megatron_detox import __version__
+from megatron_detox.diskfull import disk_full_errno, disk_full_message
 from megatron_detox.errors import UserError
 from megatron_detox.preemption import REQUEUE_EXIT_CODE, Preempted
 
@@ -65,6 +66,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"megatron-detox {args.command}: {stopped}; finished work is kept, rerun the same command to "
               f"continue (exit {REQUEUE_EXIT_CODE}: requeue)", file=sys.stderr)
         return REQUEUE_EXIT_CODE
+    except OSError as error:  # a full disk where no writer named its file: still one line
+        code = disk_full_errno(error)
+        if code is None:
+            raise
+        print(f"megatron-detox {args.command}: error: {disk_full_message(error.filename or '.', code)}",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"megatron-detox {args.command}: interrupted", file=sys.stderr)
         return 130
