@@ -1,7 +1,8 @@
-"""Cluster-grade training run folders: one writer per run_dir, SIGTERM -> checkpoint + requeue code."""
+"""Cluster-grade training run folders: one writer per run_dir, full disks, SIGTERM -> requeue code."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -12,36 +13,49 @@ from pathlib import Path
 
 import pytest
 from tiny_corpus import tiny_gpt_config
+from tmpfs import GROW, run_on_small_tmpfs, tmpfs_unavailable
 
 from megatron_detox.cli import main
+from megatron_detox.config import load_config
+from megatron_detox.diskfull import DiskFull
 from megatron_detox.preemption import REQUEUE_EXIT_CODE
 from megatron_detox.runlock import LOCK_NAME
+from megatron_detox.train import train
+from megatron_detox.train.checkpoint import load_checkpoint_weights
 from megatron_detox.train.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+STEPS = 6
 
 
 def _config(tmp: Path, corpus: tuple[Path, str, int], name: str, **train: object) -> Path:
+    """6 steps, a checkpoint after each, none pruned (so a small disk fills up)."""
     text_file, spec, vocab = corpus
     return tiny_gpt_config(tmp / f"{name}.yaml", run_dir=tmp / name, text_file=text_file, tokenizer=spec,
-                           vocab_size=vocab, train={"steps": 6, "save_interval": 3, **train})
-
-
-def _command(config: Path) -> list[str]:
-    return [sys.executable, "-m", "megatron_detox", "train", str(config), "--no-progress"]
+                           vocab_size=vocab, train={"steps": STEPS, "save_interval": 1, "keep_last": 10, **train})
 
 
 def _losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in read_metrics(run_dir / "metrics.jsonl")}
 
 
+@pytest.fixture(scope="module")
+def alone(corpus: tuple[Path, str, int], tmp_path_factory: pytest.TempPathFactory) -> dict[int, float]:
+    """Per-step losses of a lone, uninterrupted run."""
+    tmp = tmp_path_factory.mktemp("alone")
+    train(load_config(_config(tmp, corpus, "alone")), progress=False)
+    losses = _losses(tmp / "alone")
+    assert sorted(losses) == list(range(1, STEPS + 1))
+    return losses
+
+
 def test_a_second_run_on_the_run_dir_is_refused_and_the_first_trains_as_alone(
-        tmp_path: Path, corpus: tuple[Path, str, int]) -> None:
-    config, alone = _config(tmp_path, corpus, "run"), _config(tmp_path, corpus, "alone")
-    reference = subprocess.Popen(_command(alone), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL)
-    first = subprocess.Popen(_command(config), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        tmp_path: Path, corpus: tuple[Path, str, int], alone: dict[int, float],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    config = _config(tmp_path, corpus, "run")
+    first = subprocess.Popen([sys.executable, "-m", "megatron_detox", "train", str(config), "--no-progress"],
+                             cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     lock = tmp_path / "run" / LOCK_NAME
     deadline = time.monotonic() + 120
     while not lock.exists():
@@ -49,20 +63,78 @@ def test_a_second_run_on_the_run_dir_is_refused_and_the_first_trains_as_alone(
         time.sleep(0.02)
     first.send_signal(signal.SIGSTOP)  # it holds the lock, whatever the machine's speed
     try:
-        second = subprocess.run(_command(config), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+        code = main(["train", str(config), "--no-progress"])
     finally:
         first.send_signal(signal.SIGCONT)
-    assert second.returncode == 2, second.stderr[-2000:]
-    assert second.stderr.count("\n") == 1 and f"in use by pid {first.pid} on " in second.stderr
-    _, err = first.communicate(timeout=300)
-    assert first.returncode == 0, err.decode()[-2000:]
-    assert reference.wait(timeout=300) == 0
-    assert _losses(tmp_path / "run") == _losses(tmp_path / "alone") and sorted(_losses(tmp_path / "run")) == [
-        1, 2, 3, 4, 5, 6]
-    assert not lock.exists()
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and f"in use by pid {first.pid} on " in err, err
+    _, first_err = first.communicate(timeout=300)
+    assert first.returncode == 0, first_err.decode()[-2000:]
+    assert _losses(tmp_path / "run") == alone and not lock.exists()
 
 
-def test_sigterm_checkpoints_then_exits_with_the_requeue_code(tmp_path: Path, corpus: tuple[Path, str, int],
+def test_enospc_at_a_checkpoint_is_one_line_latest_loads_and_the_rerun_matches(
+        tmp_path: Path, corpus: tuple[Path, str, int], alone: dict[int, float],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import megatron_detox.train.trainer as trainer
+
+    real_save, real_fsync = trainer.save_checkpoint, os.fsync
+
+    def full_fsync(fd: int) -> None:  # where NFS and quotas report a full disk
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def save_on_a_full_disk_at_step_4(run_dir: Path, step: int, *args: object, **kwargs: object) -> Path:
+        if step == 4:
+            monkeypatch.setattr(os, "fsync", full_fsync)
+        try:
+            return real_save(run_dir, step, *args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            monkeypatch.setattr(os, "fsync", real_fsync)
+
+    monkeypatch.setattr(trainer, "save_checkpoint", save_on_a_full_disk_at_step_4)
+    config = _config(tmp_path, corpus, "full")
+    with pytest.raises(DiskFull) as raised:
+        train(load_config(config), progress=False)
+    checkpoints = tmp_path / "full" / "checkpoints"
+    assert str(raised.value).startswith(f"{checkpoints / 'step_000004.tmp'}: no space left on device (")
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step_000001", "step_000002", "step_000003"]
+    assert (checkpoints / "latest").read_text().strip() == "step_000003"
+    load_checkpoint_weights(tmp_path / "full")  # `latest` loads
+    assert not (tmp_path / "full" / LOCK_NAME).exists()
+
+    monkeypatch.setattr(trainer, "save_checkpoint", real_save)  # space again
+    train(load_config(config), progress=False)
+    assert _losses(tmp_path / "full") == alone
+
+
+@pytest.mark.slow
+def test_a_small_disk_that_fills_up_fails_at_a_checkpoint_and_the_rerun_matches(
+        tmp_path: Path, corpus: tuple[Path, str, int], alone: dict[int, float]) -> None:
+    reason = tmpfs_unavailable()
+    if reason:
+        pytest.skip(reason)
+    config = _config(tmp_path, corpus, "unused")
+    run = f'{sys.executable} -m megatron_detox train {config} "train.run_dir=$MNT/run" --no-progress'
+    script = (f'{run} > /dev/null 2> "$OUT/first.err"; echo $? > "$OUT/first.rc"\n'
+              'ls "$MNT/run/checkpoints" > "$OUT/after_first"; cat "$MNT/run/checkpoints/latest" > "$OUT/latest"\n'
+              f'{GROW}\n{run} > /dev/null 2> "$OUT/second.err"; echo $? > "$OUT/second.rc"\n'
+              'cp "$MNT/run/metrics.jsonl" "$OUT/"\n')
+    # ~2.7 MB per checkpoint: two fit in 6.5 MB, the third fills the disk.
+    done = run_on_small_tmpfs(tmp_path / "mnt", 6500, script, tmp_path / "out", ENV, REPO)
+    out = tmp_path / "out"
+    assert done.returncode == 0, done.stderr
+    first_err = (out / "first.err").read_text()
+    assert (out / "first.rc").read_text().strip() == "2", first_err
+    last = first_err.strip().splitlines()[-1]  # (above it: the preprocess progress bar)
+    assert "checkpoints/step_" in last and ": no space left on device (" in last and " free on " in last
+    assert "Traceback" not in first_err
+    latest = (out / "latest").read_text().strip()
+    assert (out / "after_first").read_text().split() == sorted(["latest", "step_000001", latest])
+    assert (out / "second.rc").read_text().strip() == "0", (out / "second.err").read_text()
+    assert {r["step"]: r["loss"] for r in read_metrics(out / "metrics.jsonl")} == alone
+
+
+def test_sigusr1_checkpoints_then_exits_with_the_requeue_code(tmp_path: Path, corpus: tuple[Path, str, int],
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     config = _config(tmp_path, corpus, "preempted", steps=40, save_interval=0)
     metrics = tmp_path / "preempted" / "metrics.jsonl"
