@@ -67,14 +67,17 @@ class ShardWriter:
         """Append a batch durably; a batch that fails (full disk, signal) leaves no partial line."""
         data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
         end = os.lseek(self._fd, 0, os.SEEK_END)
+        written = 0
         with on_disk_full(self.path):
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(self._fd, view):]
+                while written < len(data):
+                    written += os.write(self._fd, data[written:])
                 os.fsync(self._fd)
-            except BaseException:
-                os.ftruncate(self._fd, end)  # the shard again ends after its last complete record
+            except BaseException as error:
+                # A partial batch, or one the disk may not hold (fsync failed): the shard again
+                # ends after its last complete record. A signal after the write keeps the batch.
+                if written < len(data) or isinstance(error, OSError):
+                    os.ftruncate(self._fd, end)
                 raise
 
     def close(self) -> None:
