@@ -1,4 +1,5 @@
-"""Cluster-grade ``score --output``: one writer per output, SIGTERM -> requeue code, exactly-once rerun."""
+"""Cluster-grade ``score --output``: one writer per output, a full disk and SIGTERM lose nothing, reruns
+are exactly-once."""
 
 from __future__ import annotations
 
@@ -6,10 +7,15 @@ import os
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+from tmpfs import GROW, run_on_small_tmpfs, tmpfs_unavailable
+
+from megatron_detox.cli import main
 from megatron_detox.preemption import REQUEUE_EXIT_CODE
 from megatron_detox.scoring.server import read_request_log
 
@@ -19,9 +25,13 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PERSPECTIVE_API_KEY": "test-key-ru
 NUM = 60
 
 
+def _score(url: str, source: Path | str, output: Path | str, qps: int) -> list[str]:
+    return ["score", "--scorer", "perspective", "--perspective-url", url, "--input", str(source),
+            "--output", str(output), "--qps", str(qps), "--workers", "2", "--no-progress"]
+
+
 def _args(url: str, source: Path, output: Path, qps: int) -> list[str]:
-    return cli_command("score", "--scorer", "perspective", "--perspective-url", url, "--input", str(source),
-                       "--output", str(output), "--qps", str(qps), "--workers", "2", "--no-progress")
+    return cli_command(*_score(url, source, output, qps))
 
 
 def _committed(cache: Path) -> int:
@@ -38,8 +48,9 @@ def _input(tmp_path: Path) -> Path:
                                                for i in range(NUM)])
 
 
-def test_a_second_run_on_the_output_is_refused_and_the_first_scores_as_alone(start_server: StartServer,
-                                                                            tmp_path: Path) -> None:
+def test_a_second_run_on_the_output_is_refused_and_the_first_scores_as_alone(
+        start_server: StartServer, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     server, source = start_server(), _input(tmp_path)
     output = tmp_path / "scored.jsonl"
     first = subprocess.Popen(_args(server.url, source, output, 40), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
@@ -51,16 +62,16 @@ def test_a_second_run_on_the_output_is_refused_and_the_first_scores_as_alone(sta
         time.sleep(0.02)
     first.send_signal(signal.SIGSTOP)
     try:
-        second = subprocess.run(_args(server.url, source, output, 40), cwd=REPO, env=ENV, capture_output=True,
-                                text=True, timeout=60)
+        code = main(_score(server.url, source, output, 40))
     finally:
         first.send_signal(signal.SIGCONT)
-    assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr
-    assert f"in use by pid {first.pid} on " in second.stderr
-    _, err = first.communicate(timeout=120)
-    assert first.returncode == 0, err.decode()[-2000:]
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and f"in use by pid {first.pid} on " in err, err
+    _, first_err = first.communicate(timeout=120)
+    assert first.returncode == 0, first_err.decode()[-2000:]
     alone = tmp_path / "alone.jsonl"
-    assert subprocess.run(_args(server.url, source, alone, 200), cwd=REPO, env=ENV, capture_output=True).returncode == 0
+    monkeypatch.setenv("PERSPECTIVE_API_KEY", ENV["PERSPECTIVE_API_KEY"])
+    assert main(_score(server.url, source, alone, 500)) == 0
     assert read_jsonl(output) == read_jsonl(alone) and len(read_jsonl(output)) == NUM
     assert not lock.exists()
 
@@ -92,3 +103,36 @@ def test_sigterm_mid_scoring_exits_with_the_requeue_code_and_the_rerun_is_exactl
     assert sum(1 for e in log if e["t"] >= rerun_started) == NUM - kept  # nothing scored twice
     answered = Counter(e["text_sha256"] for e in log if e["status"] == 200)
     assert len(answered) == NUM and sum(answered.values()) <= NUM + 2  # + the 2 in flight at the signal
+
+
+@pytest.mark.slow
+def test_a_small_disk_that_fills_up_keeps_every_scored_text_and_the_rerun_is_exactly_once(
+        start_server: StartServer, tmp_path: Path) -> None:
+    reason = tmpfs_unavailable()
+    if reason:
+        pytest.skip(reason)
+    server, source = start_server(), _input(tmp_path)
+    run = " ".join([sys.executable, "-m", "megatron_detox", *_score(server.url, source, "$MNT/scored.jsonl", 500)])
+    count = (f"{sys.executable} -c \"import sqlite3, sys; print(sqlite3.connect(sys.argv[1])"
+             f".execute('SELECT COUNT(*) FROM scores').fetchone()[0])\" $MNT/scored.jsonl.scores.sqlite")
+    script = (f'{run} 2> "$OUT/first.err"; echo $? > "$OUT/first.rc"; ls -a "$MNT" > "$OUT/after_first"\n'
+              f'{GROW}\n{count} > "$OUT/committed"\n'  # (reading a WAL database needs a little space)
+              f'{run} 2> "$OUT/second.err"; echo $? > "$OUT/second.rc"\n'
+              'cp "$MNT/scored.jsonl" "$OUT/"\n')
+    done = run_on_small_tmpfs(tmp_path / "mnt", 96, script, tmp_path / "out", ENV, REPO)
+    out = tmp_path / "out"
+    assert done.returncode == 0, done.stderr
+    first_err = (out / "first.err").read_text()
+    assert (out / "first.rc").read_text().strip() == "2", first_err
+    assert first_err.count("\n") == 1 and ": no space left on device (" in first_err and " free on " in first_err
+    assert not [name for name in (out / "after_first").read_text().split() if name.endswith(".tmp")]
+    second_err = (out / "second.err").read_text()
+    assert (out / "second.rc").read_text().strip() == "0", second_err
+    out_records = read_jsonl(out / "scored.jsonl")
+    assert [r["id"] for r in out_records] == list(range(NUM)) and all("scores" in r for r in out_records)
+    committed = int((out / "committed").read_text())
+    assert 0 < committed < NUM
+    assert f"({committed} from cache, {NUM - committed} texts sent" in second_err  # nothing scored twice
+    answered = Counter(e["text_sha256"] for e in read_request_log(server.log_path)  # type: ignore[attr-defined]
+                       if e["status"] == 200)
+    assert len(answered) == NUM and sum(answered.values()) <= NUM + 4  # + at most the 4 in flight when it filled
