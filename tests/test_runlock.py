@@ -11,9 +11,18 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
+from distributed import run_distributed
 
 from megatron_detox.errors import UserError
-from megatron_detox.runlock import LOCK_NAME, Holder, acquire, hold_output_lock, hold_run_lock, this_process
+from megatron_detox.runlock import (
+    LOCK_NAME,
+    Holder,
+    _process_start,
+    acquire,
+    hold_output_lock,
+    hold_run_lock,
+    this_process,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -122,3 +131,30 @@ def test_racing_takeovers_of_one_stale_lock_give_one_holder(tmp_path: Path) -> N
 def test_acquire_returns_what_it_wrote(tmp_path: Path) -> None:
     taken = acquire(tmp_path / LOCK_NAME, command="x")
     assert taken is not None and (tmp_path / LOCK_NAME).read_bytes() == taken[1]
+
+
+def _hold_on_every_rank(rank: int, world_size: int, folder: str) -> list[object]:
+    """[this rank's pid, the pid the lock names inside the block, the refusal once pid 1 holds it]."""
+    import torch.distributed as dist
+
+    with hold_run_lock(Path(folder)) as lock:
+        dist.barrier()  # every rank is inside before any reads
+        named = json.loads(lock.read_text())["pid"]
+        dist.barrier()
+    if rank == 0:  # pid 1 (alive, the same process since boot) takes the folder
+        _write_lock(Path(folder), replace(this_process("other"), pid=1, pid_start=_process_start(1)))
+    dist.barrier()
+    try:
+        with hold_run_lock(Path(folder)):
+            refusal = ""
+    except UserError as refused:
+        refusal = str(refused)
+    return [os.getpid(), named, refusal]
+
+
+@pytest.mark.distributed
+def test_under_a_launcher_rank_0_holds_the_lock_and_a_refusal_reaches_every_rank(tmp_path: Path) -> None:
+    (pid0, named0, refusal0), (pid1, named1, refusal1) = run_distributed(_hold_on_every_rank, 2,
+                                                                          str(tmp_path / "run"))
+    assert named0 == named1 == pid0 != pid1  # rank 0 holds it for the job
+    assert refusal0 == refusal1 and "in use by pid 1 on" in refusal0  # the same line on every rank
