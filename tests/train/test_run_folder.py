@@ -107,7 +107,6 @@ def test_enospc_at_a_checkpoint_is_one_line_latest_loads_and_the_rerun_matches(
     assert _losses(tmp_path / "full") == alone
 
 
-@pytest.mark.slow
 def test_a_small_disk_that_fills_up_fails_at_a_checkpoint_and_the_rerun_matches(
         tmp_path: Path, corpus: tuple[Path, str, int], alone: dict[int, float]) -> None:
     reason = tmpfs_unavailable()
