@@ -15,6 +15,7 @@ import pytest
 from tiny_corpus import tiny_gpt_config
 from tmpfs import GROW, run_on_small_tmpfs, tmpfs_unavailable
 
+import megatron_detox.train.export as export_module
 from megatron_detox.cli import main
 from megatron_detox.config import load_config
 from megatron_detox.diskfull import DiskFull
@@ -149,3 +150,27 @@ def test_sigusr1_checkpoints_then_exits_with_the_requeue_code(tmp_path: Path, co
     assert (tmp_path / "preempted" / "checkpoints" / "latest").read_text().strip() == f"step_{step:06d}"
     assert not (tmp_path / "preempted" / LOCK_NAME).exists()
     capsys.readouterr()
+
+
+def test_a_full_disk_during_export_keeps_the_previous_export(tmp_path: Path, corpus: tuple[Path, str, int],
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("safetensors")
+    train(load_config(_config(tmp_path, corpus, "run", steps=1)), progress=False)
+    assert main(["export", "hf", str(tmp_path / "run"), str(tmp_path / "hf")]) == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "hf").iterdir()}
+    real_save = export_module.save_file
+
+    def save_until_full(tensors: dict, path: str, metadata: dict) -> None:  # type: ignore[type-arg]
+        real_save(tensors, path, metadata=metadata)
+        os.truncate(path, os.path.getsize(path) // 2)  # what reached the disk before it filled
+        raise RuntimeError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+                           'message: "No space left on device" })')  # safetensors' own error type, in words
+
+    monkeypatch.setattr(export_module, "save_file", save_until_full)
+    capsys.readouterr()
+    assert main(["export", "hf", str(tmp_path / "run"), str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "hf.tmp/model.safetensors: no space left on device (" in err
+    assert not (tmp_path / "hf.tmp").exists()
+    assert {p.name: p.read_bytes() for p in (tmp_path / "hf").iterdir()} == before
