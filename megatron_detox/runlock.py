@@ -102,7 +102,7 @@ def stale_reason(holder: Holder, me: Holder) -> str | None:
         return None
     if not _process_alive(holder.pid):
         return f"its process {holder.pid} is gone"
-    start = _process_start(holder.pid)
+    start = me.pid_start if holder.pid == me.pid else _process_start(holder.pid)
     if holder.pid_start is not None and start is not None and start != holder.pid_start:
         return f"pid {holder.pid} now belongs to another process"
     return None
@@ -185,7 +185,8 @@ def acquire(lock: Path, *, command: str | None = None, force: bool = False,
         holder, raw = read_holder(lock)
         if raw is None:
             continue  # released meanwhile
-        if holder is not None and holder.host == me.host and holder.pid == me.pid:
+        if holder is not None and holder.host == me.host and holder.pid == me.pid and \
+                holder.pid_start == me.pid_start:
             return None  # re-entrant: an outer block of this process holds it
         if holder is None:
             age = time.time() - lock.stat().st_mtime if lock.exists() else 0.0

@@ -83,6 +83,13 @@ def test_a_reused_pid_is_not_mistaken_for_the_holder(tmp_path: Path, capsys: pyt
     assert "pid 1 now belongs to another process" in capsys.readouterr().err
 
 
+def test_a_lock_left_by_an_earlier_process_with_our_pid_is_stale(tmp_path: Path) -> None:
+    lock = _write_lock(tmp_path, replace(this_process("old"), pid_start=-7))  # our pid, another process
+    with hold_run_lock(tmp_path):
+        assert json.loads(lock.read_text())["pid_start"] != -7
+    assert not lock.exists()
+
+
 def test_another_hosts_lock_needs_force_unlock(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _write_lock(tmp_path, replace(this_process("train on node7"), host="node7.cluster", pid=_dead_pid()))
     with pytest.raises(UserError, match="on node7.cluster .* if that run is dead, rerun with --force-unlock"), \
