@@ -89,20 +89,23 @@ def test_sigterm_mid_scoring_exits_with_the_requeue_code_and_the_rerun_is_exactl
     first.send_signal(signal.SIGTERM)
     _, err = first.communicate(timeout=60)
     assert first.returncode == REQUEUE_EXIT_CODE, err[-2000:]
-    assert "stopped by SIGTERM" in err and "Traceback" not in err
+    assert "stopped by SIGTERM" in err and "Traceback" not in err, err[-2000:]
     kept = _committed(cache)
-    assert 10 <= kept < NUM and not output.exists() and not list(tmp_path.glob(".scored.jsonl.*.tmp"))
+    assert 10 <= kept < NUM and not output.exists() and not list(tmp_path.glob(".scored.jsonl.*.tmp")), kept
 
     rerun_started = time.time()
     rerun = subprocess.run(args, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert f"({kept} from cache, {NUM - kept} texts sent" in rerun.stderr
+    assert f"({kept} from cache, {NUM - kept} texts sent" in rerun.stderr, (kept, rerun.stderr[-2000:])
     out = read_jsonl(output)
     assert [r["id"] for r in out] == list(range(NUM)) and all("scores" in r for r in out)
     log = read_request_log(server.log_path)  # type: ignore[attr-defined]
-    assert sum(1 for e in log if e["t"] >= rerun_started) == NUM - kept  # nothing scored twice
+    rerun_sent = sum(1 for e in log if e["t"] >= rerun_started)
+    assert rerun_sent == NUM - kept, (rerun_sent, kept)  # nothing committed was scored twice
     answered = Counter(e["text_sha256"] for e in log if e["status"] == 200)
-    assert len(answered) == NUM and sum(answered.values()) <= NUM + 2  # + the 2 in flight at the signal
+    # Answered twice: at most the batches in flight at the signal (2 x workers: running, or answered
+    # but not yet committed), never a committed one.
+    assert len(answered) == NUM and sum(answered.values()) <= NUM + 4, sum(answered.values())
 
 
 @pytest.mark.slow
