@@ -3,11 +3,13 @@ or the complete new content, never a half-written file.
 
 The temp file sits beside the target (same file system, so the rename is atomic) and
 carries the process id, so ranks writing the same file do not collide; it is fsynced
-before the rename and removed if writing fails.
+before the rename and removed if writing fails. A full disk becomes one ``UserError``
+line naming the file and the free space (``megatron_detox.diskfull``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -15,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from megatron_detox.diskfull import DiskFull, disk_full_errno, disk_full_message
 from megatron_detox.errors import UserError
 
 
@@ -32,9 +35,13 @@ def atomic_output(path: str | Path) -> Iterator[IO[str]]:
         handle.close()
         os.replace(temp, path)
         _fsync_dir(path.parent)
-    except BaseException:
-        handle.close()
+    except BaseException as error:
+        with contextlib.suppress(OSError):  # closing flushes the buffer: on a full disk that fails again
+            handle.close()
         temp.unlink(missing_ok=True)
+        code = disk_full_errno(error)
+        if code is not None:  # one line naming the file and the free space; the old content is intact
+            raise DiskFull(disk_full_message(path, code), code) from None
         raise
 
 

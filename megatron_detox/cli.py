@@ -2,7 +2,8 @@
 
 Each command module exposes ``register(subparsers)``, which adds its parser and sets
 ``func`` (called with the parsed namespace, returning an exit code). A ``UserError``
-is printed as one line and exits with code 2.
+is printed as one line and exits with code 2; a pre-emption signal (``Preempted``)
+exits with ``REQUEUE_EXIT_CODE`` (75), which the SLURM scripts requeue on.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import sys
 from collections.abc import Sequence
 
 from megatron_detox import __version__
+from megatron_detox.diskfull import disk_full_errno, disk_full_message
 from megatron_detox.errors import UserError
+from megatron_detox.preemption import REQUEUE_EXIT_CODE, Preempted
 
 # Modules providing ``register(subparsers)``, in the order shown by ``--help``.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -61,6 +64,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except UserError as error:
         print(f"megatron-detox {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except Preempted as stopped:  # finished records are kept; the SLURM scripts requeue on this code
+        print(f"megatron-detox {args.command}: {stopped}; finished work is kept, rerun the same command to "
+              f"continue (exit {REQUEUE_EXIT_CODE}: requeue)", file=sys.stderr)
+        return REQUEUE_EXIT_CODE
+    except OSError as error:  # a full disk where no writer named its file: still one line
+        code = disk_full_errno(error)
+        if code is None:
+            raise
+        print(f"megatron-detox {args.command}: error: {disk_full_message(error.filename or '.', code)}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"megatron-detox {args.command}: interrupted", file=sys.stderr)

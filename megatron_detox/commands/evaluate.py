@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from megatron_detox.commands.guard import add_force_unlock, guarded
 from megatron_detox.config import EvalConfig
 from megatron_detox.errors import UserError
 
@@ -73,7 +74,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     _add_model(tox)
     _add_sampling(tox, _EVAL.samples)
     _add_scorer(tox)
-    tox.set_defaults(func=run_toxicity)
+    add_force_unlock(tox)
+    tox.set_defaults(func=guarded(run_toxicity))  # --out's run lock; SIGTERM/SIGUSR1 -> exit 75
 
     ppl = commands.add_parser("perplexity", help="token-weighted perplexity with a sliding window",
                               description="On JSONL (one document per record), text (one document per file) "
@@ -84,7 +86,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     ppl.add_argument("--stride", type=int, help="window step [max-length / 2]")
     ppl.add_argument("--out", help="folder for perplexity.json")
     _add_model(ppl)
-    ppl.set_defaults(func=run_perplexity)
+    add_force_unlock(ppl)
+    ppl.set_defaults(func=guarded(run_perplexity))  # --out's run lock; SIGTERM/SIGUSR1 -> exit 75
 
     lm = commands.add_parser("lm-eval", help="downstream tasks through lm-evaluation-harness",
                              description="e.g. --tasks lambada_openai,piqa (where their data is available); "
@@ -96,7 +99,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     lm.add_argument("--max-length", type=int)
     lm.add_argument("--out", help="folder for lm_eval.json")
     _add_model(lm)
-    lm.set_defaults(func=run_lm_eval)
+    add_force_unlock(lm)
+    lm.set_defaults(func=guarded(run_lm_eval))  # --out's run lock; SIGTERM/SIGUSR1 -> exit 75
 
     bold = commands.add_parser("bold", help="BOLD: per-group perplexity (and continuation toxicity)",
                                description="Perplexity on BOLD's Wikipedia sentences per domain and group, "
@@ -110,7 +114,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     _add_model(bold)
     _add_sampling(bold, 1)
     _add_scorer(bold)
-    bold.set_defaults(func=run_bold)
+    add_force_unlock(bold)
+    bold.set_defaults(func=guarded(run_bold))  # --out's run lock; SIGTERM/SIGUSR1 -> exit 75
 
     report = subparsers.add_parser("report", help="markdown + HTML report comparing evaluation runs",
                                    description="Reads the eval JSON files of each RUN_DIR; writes report.md, "

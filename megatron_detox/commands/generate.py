@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from megatron_detox.commands.guard import add_force_unlock, guarded
 from megatron_detox.config import GenerateConfig
 from megatron_detox.errors import UserError
 
@@ -56,7 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (under torchrun)")
     parser.add_argument("--pp", type=int, default=1, help="pipeline stages (under torchrun)")
     parser.add_argument("--no-progress", action="store_true")
-    parser.set_defaults(func=run)
+    add_force_unlock(parser)
+    parser.set_defaults(func=guarded(run))  # --out's run lock; SIGTERM/SIGUSR1 -> exit 75 (requeue)
 
 
 def _check_args(args: argparse.Namespace) -> None:

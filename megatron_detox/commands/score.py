@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 
+from megatron_detox.commands.guard import add_force_unlock, guarded
 from megatron_detox.errors import UserError
 from megatron_detox.scoring import protocol
 from megatron_detox.scoring.base import DEFAULT_ATTRIBUTES
@@ -77,8 +78,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--retry-rejected", action="store_true", help="ask again for texts the scorer rejected earlier (cached 400s)"
     )
     score.add_argument("--no-progress", action="store_true")
+    add_force_unlock(score)
     _add_scorer_options(score, client=True)
-    score.set_defaults(func=run_score)
+    score.set_defaults(func=guarded(run_score, file=True))  # --output's lock; SIGTERM/SIGUSR1 -> exit 75
 
     filt = subparsers.add_parser(
         "filter",

@@ -15,6 +15,7 @@ in both formats.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -28,6 +29,7 @@ from tqdm import tqdm
 
 from megatron_detox.atomic import write_text_atomic
 from megatron_detox.data.megatron_core import IndexedDatasetBuilder, optimal_dtype
+from megatron_detox.diskfull import on_disk_full
 from megatron_detox.errors import UserError
 from megatron_detox.jsonl import get_dotted
 from megatron_detox.tokenizers.base import Tokenizer
@@ -161,8 +163,8 @@ def preprocess(
     dtype = optimal_dtype(tokenizer.vocab_size)
     builder = IndexedDatasetBuilder(tmp_prefix + ".bin", dtype=dtype)
     try:
-        with tqdm(total=source.stat().st_size, unit="B", unit_scale=True, desc=f"preprocess {source.name}",
-                  disable=not progress) as bar:
+        with on_disk_full(prefix + ".bin"), tqdm(total=source.stat().st_size, unit="B", unit_scale=True,
+                                                 desc=f"preprocess {source.name}", disable=not progress) as bar:
             for results, nbytes in _encoded_chunks(source, encoder, workers):
                 for line, ids in results:
                     if isinstance(ids, str):
@@ -172,9 +174,10 @@ def preprocess(
                         continue
                     _add_document(builder, ids, dtype, report)
                 bar.update(nbytes)
-        builder.finalize(tmp_prefix + ".idx")
+            builder.finalize(tmp_prefix + ".idx")
     except BaseException:
-        builder.data_file.close()
+        with contextlib.suppress(OSError):  # closing flushes the buffer: on a full disk that fails again
+            builder.data_file.close()
         for suffix in (".bin", ".idx"):
             Path(tmp_prefix + suffix).unlink(missing_ok=True)
         raise

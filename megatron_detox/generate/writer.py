@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from megatron_detox import atomic
+from megatron_detox.diskfull import on_disk_full
 from megatron_detox.errors import UserError
 
 Record = dict[str, Any]
@@ -60,15 +61,27 @@ class ShardWriter:
                 with path.open("r+b") as handle:
                     handle.truncate(end)
                     os.fsync(handle.fileno())
-        self._handle = path.open("a", encoding="utf-8")
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def append(self, records: Iterable[Record]) -> None:
-        self._handle.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+        """Append a batch durably; a batch that fails (full disk, signal) leaves no partial line."""
+        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+        end = os.lseek(self._fd, 0, os.SEEK_END)
+        written = 0
+        with on_disk_full(self.path):
+            try:
+                while written < len(data):
+                    written += os.write(self._fd, data[written:])
+                os.fsync(self._fd)
+            except BaseException as error:
+                # A partial batch, or one the disk may not hold (fsync failed): the shard again
+                # ends after its last complete record. A signal after the write keeps the batch.
+                if written < len(data) or isinstance(error, OSError):
+                    os.ftruncate(self._fd, end)
+                raise
 
     def close(self) -> None:
-        self._handle.close()
+        os.close(self._fd)
 
 
 def shard_path(out_dir: Path, rank: int) -> Path:
@@ -104,20 +117,16 @@ def merge_shards(out_dir: Path, num_ids: int) -> Path:
     if extra:
         raise UserError(f"{out_dir}: holds id {extra[0]} beyond the {num_ids} requested; use a fresh --out")
     target = out_dir / "generations.jsonl"
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
+    with atomic.atomic_output(target) as handle:  # a full disk: temp removed, one line, shards intact
         for i in range(num_ids):
             handle.write(json.dumps(by_id[i], ensure_ascii=False) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, target)
     return target
 
 
 def append_metrics(out_dir: Path, rank: int, metrics: Record) -> None:
     path = out_dir / "metrics" / f"rank{rank}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as handle:
+    with on_disk_full(path), path.open("a", encoding="utf-8") as handle:  # a torn line only loses one sample
         handle.write(json.dumps(metrics) + "\n")
 
 

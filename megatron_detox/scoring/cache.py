@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from megatron_detox.diskfull import on_disk_full
 from megatron_detox.errors import UserError
 from megatron_detox.scoring.base import Closing, ScoreOutcome
 
@@ -50,12 +51,13 @@ class ScoreCache(Closing):
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = sqlite3.connect(target, timeout=60.0, check_same_thread=False)
-            if self.path is not None:
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute(_SCHEMA)
-            self._db.commit()
+            with on_disk_full(target):
+                self._db = sqlite3.connect(target, timeout=60.0, check_same_thread=False)
+                if self.path is not None:
+                    self._db.execute("PRAGMA journal_mode=WAL")
+                    self._db.execute("PRAGMA synchronous=FULL")
+                self._db.execute(_SCHEMA)
+                self._db.commit()
         except sqlite3.DatabaseError as error:
             raise UserError(f"{target}: cannot open score cache ({error}): pass another --cache") from None
         self._lock = threading.Lock()
@@ -92,7 +94,8 @@ class ScoreCache(Closing):
         ]
         if not rows:
             return 0
-        with self._lock, self._db:
+        # A full disk rolls the batch back; every batch committed before stays (and is not sent again).
+        with on_disk_full(self.path or ":memory:"), self._lock, self._db:
             self._db.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
         return len(rows)
 

@@ -8,7 +8,8 @@ Layout::
 A checkpoint is written to ``step_000010.tmp`` and renamed when every rank has finished,
 so a folder without ``.tmp`` is complete; ``latest`` is replaced only after that rename,
 so it never names a partial checkpoint. Leftover ``*.tmp`` folders of a killed run are
-removed at the next start. Tensors are saved with their DTensor placements, so DCP
+removed at the next start (and at once when the disk fills up: see ``megatron_detox.diskfull``).
+Tensors are saved with their DTensor placements, so DCP
 reshards them for whatever layout loads them.
 """
 
@@ -32,6 +33,7 @@ from torch.distributed.checkpoint import FileSystemWriter
 from torch.distributed.checkpoint.planner import SavePlanner
 
 from megatron_detox.atomic import write_text_atomic
+from megatron_detox.diskfull import on_disk_full
 from megatron_detox.errors import UserError
 from megatron_detox.models.config import ModelConfig
 from megatron_detox.train.safe_dcp import safe_load
@@ -107,18 +109,24 @@ def save_checkpoint(
             shutil.rmtree(tmp)
         tmp.mkdir()
     barrier()
-    with warnings.catch_warnings():  # a single process without a process group is intended
-        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
-        dcp.save(state, storage_writer=FileSystemWriter(str(tmp), single_file_per_rank=single_file_per_rank),
-                 planner=planner, no_dist=not (dist.is_available() and dist.is_initialized()))
-    write_text_atomic(tmp / f"rng_rank{rank}.json", json.dumps(rng_state()))
-    barrier()
+    # A full disk: the partial folder goes, `latest` keeps naming the previous checkpoint.
+    with on_disk_full(tmp, cleanup=[tmp], probe=True):
+        with warnings.catch_warnings():  # a single process without a process group is intended
+            warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+            dcp.save(state, storage_writer=FileSystemWriter(str(tmp), single_file_per_rank=single_file_per_rank),
+                     planner=planner, no_dist=not (dist.is_available() and dist.is_initialized()))
+        write_text_atomic(tmp / f"rng_rank{rank}.json", json.dumps(rng_state()))
+        barrier()
+        if rank == 0:
+            write_text_atomic(tmp / META, json.dumps({"format_version": FORMAT_VERSION, "step": step, **meta},
+                                                     indent=1))
     if rank == 0:
-        write_text_atomic(tmp / META, json.dumps({"format_version": FORMAT_VERSION, "step": step, **meta}, indent=1))
         if final.exists():  # a rerun re-saving a step whose rename happened but whose `latest` did not
             shutil.rmtree(final)
         os.replace(tmp, final)
-        write_text_atomic(root / LATEST, final.name + "\n")
+        # No room for `latest`: it still names the previous checkpoint, so this one would only take space.
+        with on_disk_full(root / LATEST, cleanup=[final]):
+            write_text_atomic(root / LATEST, final.name + "\n")
         prune_checkpoints(root, keep_last)
     barrier()
     return final

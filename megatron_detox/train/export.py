@@ -15,6 +15,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
+from megatron_detox.diskfull import on_disk_full
 from megatron_detox.errors import UserError
 from megatron_detox.models.config import ModelConfig
 from megatron_detox.models.hf_keys import hf_model_type, to_hf_state_dict
@@ -47,8 +48,9 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path) -> tuple[Path, ModelC
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    (tmp / "config.json").write_text(json.dumps(hf_config, indent=2), encoding="utf-8")
-    save_file(hf_state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    with on_disk_full(tmp / "model.safetensors", cleanup=[tmp]):  # a full disk leaves no half export
+        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2), encoding="utf-8")
+        save_file(hf_state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)

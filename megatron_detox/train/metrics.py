@@ -8,6 +8,7 @@ step once, with the values of the run that produced the checkpointed state.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -16,6 +17,7 @@ from typing import Any
 
 import torch
 
+from megatron_detox.diskfull import on_disk_full
 from megatron_detox.models.config import ModelConfig
 
 
@@ -79,8 +81,9 @@ class MetricsWriter:
         if not self.enabled:
             return
         # One write + flush per line: a kill leaves at most one torn line, dropped on resume.
-        self._handle.write(json.dumps(record) + "\n")
-        self._handle.flush()
+        with on_disk_full(self.path):
+            self._handle.write(json.dumps(record) + "\n")
+            self._handle.flush()
         if self._tb is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):
@@ -88,6 +91,7 @@ class MetricsWriter:
 
     def close(self) -> None:
         if self.enabled:
-            self._handle.close()
+            with contextlib.suppress(OSError):  # a full disk was reported when the line failed
+                self._handle.close()
             if self._tb is not None:
                 self._tb.close()

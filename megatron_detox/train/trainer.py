@@ -12,19 +12,15 @@ per-step losses.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import math
-import signal
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 from megatron_detox.atomic import write_text_atomic
@@ -32,6 +28,8 @@ from megatron_detox.config import RunConfig, dump_yaml
 from megatron_detox.data import sample_batch
 from megatron_detox.errors import UserError
 from megatron_detox.parallel import DistEnv, ParallelModel, build_parallel_model, init_distributed
+from megatron_detox.preemption import StopFlag
+from megatron_detox.runlock import hold_run_lock
 from megatron_detox.train.checkpoint import (
     barrier,
     check_compatible,
@@ -62,36 +60,6 @@ class TrainResult:
     stopped_by_signal: bool = False
     is_main: bool = True
     """Rank 0 of the job: the one that reports."""
-
-
-class _StopFlag:
-    """Set by SIGTERM (SLURM pre-emption): finish the step, checkpoint, exit."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[None]:
-        def handler(signum: int, frame: Any) -> None:
-            self.requested = True
-
-        try:
-            previous = signal.signal(signal.SIGTERM, handler)
-        except ValueError:  # not the main thread: no signal handling
-            yield
-            return
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-
-    def agreed(self, env: DistEnv) -> bool:
-        """True on every rank if any rank was signalled, so all ranks save the same step."""
-        if env.world_size == 1:
-            return self.requested
-        flag = torch.tensor([1.0 if self.requested else 0.0])
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
 
 
 def _batch_layout(cfg: RunConfig, env: DistEnv) -> tuple[int, int, int]:
@@ -174,11 +142,17 @@ def _resume(ckpt: Path, meta: dict[str, Any], pm: ParallelModel, optimizers: lis
     return int(meta["step"])
 
 
-def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
-    """Train (or continue training) the run in ``cfg.train.run_dir``."""
+def train(cfg: RunConfig, *, progress: bool = True, force_unlock: bool = False) -> TrainResult:
+    """Train (or continue training) the run in ``cfg.train.run_dir``, holding its run lock
+    (rank 0, for the whole job): a second run on the same folder is refused."""
+    env = init_distributed(cfg.parallel, cfg.model.to_model_config())
+    with hold_run_lock(Path(cfg.train.run_dir).expanduser(), force=force_unlock):
+        return _train(cfg, env, progress)
+
+
+def _train(cfg: RunConfig, env: DistEnv, progress: bool) -> TrainResult:
     t = cfg.train
     model_cfg = cfg.model.to_model_config()
-    env = init_distributed(cfg.parallel, model_cfg)
     run_dir = Path(t.run_dir).expanduser()
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -226,7 +200,7 @@ def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
     dp_rank = env.dims.dp_rank(env.mesh)
     tokens_per_step = t.global_batch_size * cfg.data.seq_length
     flops_per_token = train_flops_per_token(model_cfg, cfg.data.seq_length)
-    stop = _StopFlag()
+    stop = StopFlag()
 
     def samples_before(step: int) -> int:
         return start_sample + (step - start_step) * t.global_batch_size
@@ -293,7 +267,7 @@ def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
                     bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_step / elapsed:.0f}")
                     if env.is_main:
                         _log_step(bar, record, t.steps)
-                stopping = stop.agreed(env)
+                stopping = stop.agreed(env.world_size)
                 if stopping or (t.save_interval and done % t.save_interval == 0) or done == t.steps:
                     checkpoint(done)
                 if stopping:
