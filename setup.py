@@ -15,7 +15,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["megatron_detox", "megatron_detox.*"]),
     include_package_data=True,
-    package_data={"megatron_detox": ["py.typed"]},
+    package_data={"megatron_detox": ["py.typed", "data/packaged/*"]},
     install_requires=[
         # <2.14: 2.13 is the newest CPU build on the package index for py3.11 here.
         "torch>=2.6,<2.14",

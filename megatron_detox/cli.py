@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "megatron_detox.commands.export",
     "megatron_detox.commands.peft",
     "megatron_detox.commands.evaluate",
+    "megatron_detox.commands.sgeat",
 )
 
 

@@ -14,7 +14,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -102,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         SamplingParams,
         complete,
         decode_one_token,
+        default_stop_ids,
         prompt_items,
         read_prompts,
         run_generation_stage,
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--max-new-tokens={args.max_new_tokens}: the model context is "
                         f"{cfg.max_position_embeddings} tokens (prompt included); ask for fewer")
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, greedy=args.greedy)
-    stops = () if args.ignore_eos else tuple(sorted({tokenizer.eod} | ({cfg.eos_token_id} if cfg.eos_token_id is not None else set())))
+    stops = () if args.ignore_eos else default_stop_ids(tokenizer, cfg)
     spec = GenerationSpec(params=params, max_new_tokens=args.max_new_tokens, seed=args.seed,
                           vocab_size=min(tokenizer.vocab_size, cfg.padded_vocab_size), head_dim=cfg.head_dim,
                           context_length=cfg.max_position_embeddings, stop_ids=stops)
@@ -141,7 +141,9 @@ def run(args: argparse.Namespace) -> int:
     if args.prompt is not None:
         items = prompt_items([args.prompt], args.repeat)
 
-    model, layout, barrier = _init_parallel(args, model)
+    from megatron_detox.generate.parallel import prepare_for_generation
+
+    model, layout, barrier = prepare_for_generation(model, args.tp, args.pp)
     settings = {"model": described, "seed": args.seed, "max_new_tokens": args.max_new_tokens,
                 "temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k, "greedy": args.greedy,
                 "stop_ids": list(stops), "source": str(Path(args.prompts).resolve()) if args.prompts else
@@ -154,18 +156,3 @@ def run(args: argparse.Namespace) -> int:
     if merged is not None:
         print(f"generate: wrote {len(items)} samples to {merged}", file=sys.stderr)
     return 0
-
-
-def _init_parallel(args: argparse.Namespace, model: Any) -> tuple[Any, Any, Any]:
-    """Under torchrun: this rank's model (TP-sharded / pipeline stage), its GenerationLayout, a barrier."""
-    from megatron_detox.config import ParallelConfig
-    from megatron_detox.generate.parallel import GenerationLayout, shard_for_generation
-    from megatron_detox.parallel.env import init_distributed
-
-    env = init_distributed(ParallelConfig(tp=args.tp, pp=args.pp), model.config)
-    if env.world_size == 1:
-        return model, GenerationLayout(0, 1, True, True), None
-    import torch.distributed as dist
-
-    runner, layout = shard_for_generation(model, env)
-    return runner, layout, dist.barrier
