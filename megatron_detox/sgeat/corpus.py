@@ -170,12 +170,25 @@ def preprocess_settings(ctx: RunContext) -> dict[str, Any]:
             "text_key": text_key(ctx)}
 
 
+def corpus_tokenizer(ctx: RunContext) -> Any:
+    """``data.tokenizer``, else the base model's own (already loaded when generation ran here)."""
+    from megatron_detox.inference import tokenizer_spec_for
+    from megatron_detox.tokenizers import load_tokenizer
+
+    if ctx.cfg.data.tokenizer is not None:
+        return load_tokenizer(ctx.cfg.data.tokenizer)
+    if "base" in ctx.models:
+        return ctx.models["base"].tokenizer
+    spec = ctx.cfg.model.pretrained
+    checkpoint = spec is not None and Path(spec).is_dir() and not (Path(spec) / "config.json").is_file()
+    return load_tokenizer(tokenizer_spec_for(None if checkpoint else spec, ctx.cfg.model.to_model_config()))
+
+
 def run_preprocess(ctx: RunContext, upstream: list[Path]) -> StageResult:
     from megatron_detox.data import preprocess
-    from megatron_detox.train.setup import resolve_tokenizer
 
     out = ctx.stage_dir("preprocess")
-    tokenizer = resolve_tokenizer(ctx.cfg, ctx.cfg.model.to_model_config())
+    tokenizer = corpus_tokenizer(ctx)
     report = preprocess(upstream[0], out / CORPUS_PREFIX, tokenizer, json_key=text_key(ctx), append_eod=True,
                         workers=max(ctx.cfg.data.num_workers, 1), progress=ctx.progress)
     prefix = out / CORPUS_PREFIX

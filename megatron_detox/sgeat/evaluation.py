@@ -83,7 +83,7 @@ def run_evaluate(ctx: RunContext, upstream: list[Path]) -> StageResult:
         for name, model_name, source in models:
             folder = out / name
             key = {"settings": evaluate_settings(ctx), "model": model_name,
-                   "input": file_sha256(upstream[0]) if name == "detox" else None}
+                   "input": {p.name: file_sha256(p) for p in upstream} if name == "detox" else None}
             _clear_if_changed(folder, key)
             load = functools.partial(_load, ctx, name, source)
             metrics = _toxicity(ctx, prompts, folder, load, model_name, scorer)

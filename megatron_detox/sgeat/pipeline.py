@@ -113,7 +113,7 @@ def run_pipeline(cfg: RunConfig, *, from_stage: str | None = None, until_stage: 
     ctx.barrier()
     manifest = read_manifest(work_dir)
     ctx.barrier()  # every rank read the manifest before rank 0 writes it again
-    manifest.update(config=to_dict(cfg), config_hash=json_sha256(dump_yaml(cfg)), stages=manifest["stages"])
+    manifest = {"config_hash": json_sha256(dump_yaml(cfg)), "config": to_dict(cfg), "stages": manifest["stages"]}
     ctx.log(f"run folder {work_dir} (config {manifest['config_hash'][:12]}, mode {cfg.sgeat.mode}, "
             f"stages {STAGES[first]}..{STAGES[last]})")
     upstream: list[Path] = []
@@ -139,7 +139,7 @@ def _run_stage(ctx: RunContext, manifest: dict[str, Any], index: int, stage: Sta
                force: bool, prior: bool) -> list[Path]:
     label = f"[{index + 1}/{len(STAGES)}] {stage.name}"
     settings = stage.settings(ctx)
-    inputs = {str(p): file_sha256(p) for p in upstream}
+    inputs = {_name(p, ctx.work_dir): file_sha256(p) for p in upstream}
     key = json_sha256({"settings": settings, "inputs": inputs})
     record = manifest["stages"].get(stage.name)
     up_to_date = (record is not None and record.get("status") == "done" and record.get("key") == key
@@ -149,6 +149,7 @@ def _run_stage(ctx: RunContext, manifest: dict[str, Any], index: int, stage: Sta
         if not up_to_date:
             raise UserError(f"--from-stage: stage {stage.name} before it is not finished with the current "
                             "settings; run without --from-stage (finished stages are skipped anyway)")
+        ctx.log(f"{label}: skipped, before --from-stage (finished with the same settings and inputs)")
         return _outputs(record, ctx.work_dir)
     if up_to_date and not force:
         ctx.log(f"{label}: skipped, finished earlier with the same settings and inputs "
@@ -204,6 +205,14 @@ def _rerun_reason(record: dict[str, Any] | None, key: str, settings: dict[str, A
         shown = "; ".join(changes[:3]) + (f"; and {len(changes) - 3} more" if len(changes) > 3 else "")
         return f"settings changed ({shown})"
     return "its input changed (the previous stage's output)"
+
+
+def _name(path: Path, work_dir: Path) -> str:
+    """A file as the manifest names it: relative to the run folder when inside it."""
+    try:
+        return str(path.relative_to(work_dir))
+    except ValueError:
+        return str(path)
 
 
 def _outputs(record: dict[str, Any] | None, work_dir: Path) -> list[Path]:

@@ -65,7 +65,12 @@ def run_train(ctx: RunContext, upstream: list[Path]) -> StageResult:
     loss = _last_loss(ctx.stage_dir("train") / "metrics.jsonl")
     counts = {"steps": result.step, "final_loss": loss, "valid_loss": result.valid_loss,
               "method": ctx.cfg.train.method, "checkpoint": str(ckpt)}
-    return StageResult({f"train/checkpoints/{ckpt.name}/meta.json": ckpt / "meta.json"}, counts,
+    # The weights themselves (and the PEFT folder) are the output the evaluation depends on.
+    files = sorted(p for p in ckpt.iterdir() if p.is_file())
+    peft = ctx.stage_dir("train") / "peft"
+    files += sorted(p for p in peft.iterdir() if p.is_file()) if peft.is_dir() else []
+    outputs = {str(p.relative_to(ctx.work_dir)): p for p in files}
+    return StageResult(outputs, counts,
                        f"{result.step} steps of {ctx.cfg.train.method} training, final loss "
                        f"{loss:.4f} -> {ckpt}" if loss is not None else f"{result.step} steps -> {ckpt}")
 
