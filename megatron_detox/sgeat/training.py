@@ -64,7 +64,7 @@ def run_train(ctx: RunContext, upstream: list[Path]) -> StageResult:
         raise RuntimeError("train finished without a checkpoint")  # internal bug
     loss = _last_loss(ctx.stage_dir("train") / "metrics.jsonl")
     counts = {"steps": result.step, "final_loss": loss, "valid_loss": result.valid_loss,
-              "method": ctx.cfg.train.method, "checkpoint": str(ckpt)}
+              "method": ctx.cfg.train.method, "checkpoint": str(ckpt.relative_to(ctx.work_dir))}
     # The weights themselves (and the PEFT folder) are the output the evaluation depends on.
     files = sorted(p for p in ckpt.iterdir() if p.is_file())
     peft = ctx.stage_dir("train") / "peft"
