@@ -191,7 +191,7 @@ class ScoreConfig:
     """File holding the Perspective key; None reads ``$PERSPECTIVE_API_KEY``. Never the key itself."""
     qps: float = 1.0
     """Perspective requests per second (the quota)."""
-    workers: int = 4
+    workers: int = 1
     """Concurrent scoring requests / batches."""
     hf_classifier_path: str | None = None
     """``scorer: hf-classifier``: a local transformers sequence-classification folder."""

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from megatron_detox.commands.config_defaults import add_config_option, fill_from_config
 from megatron_detox.config import GenerateConfig
 from megatron_detox.errors import UserError
 
@@ -37,18 +38,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     what.add_argument("--prompt", help="one prompt; prints its continuation")
     what.add_argument("--prompts", help="JSONL prompt file (with --out)")
     what.add_argument("--unconditional", type=int, metavar="N", help="N samples from BOS (with --out)")
-    parser.add_argument("--prompt-key", default=_DEFAULTS.prompt_key, help="dotted key of the prompt text")
-    parser.add_argument("--repeat", type=int, default=_DEFAULTS.repeat, help="samples per prompt")
+    parser.add_argument("--prompt-key", help=f"dotted key of the prompt text [{_DEFAULTS.prompt_key}]")
+    parser.add_argument("--repeat", type=int, help=f"samples per prompt [{_DEFAULTS.repeat}]")
     parser.add_argument("--allow-empty-prompts", action="store_true", help="generate from BOS for empty prompts")
     parser.add_argument("--out", help="output folder (shards, generations.jsonl, manifest.json)")
-    parser.add_argument("--max-new-tokens", type=int, default=_DEFAULTS.max_new_tokens)
-    parser.add_argument("--temperature", type=float, default=_DEFAULTS.temperature)
-    parser.add_argument("--top-p", type=float, default=_DEFAULTS.top_p)
-    parser.add_argument("--top-k", type=int, default=_DEFAULTS.top_k)
-    parser.add_argument("--greedy", action="store_true", default=_DEFAULTS.greedy)
-    parser.add_argument("--seed", type=int, default=_DEFAULTS.seed)
-    parser.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size)
-    parser.add_argument("--ignore-eos", action="store_true", help="always generate --max-new-tokens tokens")
+    parser.add_argument("--max-new-tokens", type=int, help=f"[{_DEFAULTS.max_new_tokens}]")
+    parser.add_argument("--temperature", type=float, help=f"[{_DEFAULTS.temperature}]")
+    parser.add_argument("--top-p", type=float, help=f"[{_DEFAULTS.top_p}]")
+    parser.add_argument("--top-k", type=int, help=f"[{_DEFAULTS.top_k}: off]")
+    parser.add_argument("--greedy", action="store_true", default=None)
+    parser.add_argument("--seed", type=int, help=f"[{_DEFAULTS.seed}]")
+    parser.add_argument("--batch-size", type=int, help=f"[{_DEFAULTS.batch_size}]")
+    parser.add_argument("--ignore-eos", action="store_true", default=None,
+                        help="always generate --max-new-tokens tokens")
+    add_config_option(parser, "generate")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the decode step (~40 s to compile; it keeps torch's GEMMs, so on CPU it "
                              "forgoes the faster K-major decode linears: see docs/benchmarks.md)")
@@ -58,7 +61,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+GENERATE_OPTIONS = {name: f"generate.{name}" for name in (
+    "max_new_tokens", "temperature", "top_p", "top_k", "greedy", "seed", "batch_size", "prompt_key", "repeat",
+    "ignore_eos")}
+
+
 def _check_args(args: argparse.Namespace) -> None:
+    fill_from_config(args, GENERATE_OPTIONS)
     if args.prompt is None and args.out is None:
         raise UserError("--out: required with --prompts or --unconditional (the folder for the records)")
     for name in ("max_new_tokens", "batch_size", "repeat"):
