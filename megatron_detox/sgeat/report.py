@@ -28,7 +28,7 @@ def run_report(ctx: RunContext, upstream: list[Path]) -> StageResult:
 
     out = ctx.stage_dir("report")
     folders = sorted({path.parent for path in upstream}, key=lambda p: p.name != "base")
-    html = build_report(folders, out)
+    html = build_report(list[str | Path](folders), out)
     table = summary_table(folders, ctx.cfg.eval.bootstrap_samples, ctx.cfg.eval.bootstrap_seed)
     write_text_atomic(out / SUMMARY_FILE, table + "\n")
     if ctx.is_main:
@@ -47,8 +47,13 @@ def _per_prompt(folder: Path) -> dict[int, tuple[float | None, float | None]]:
 def paired_delta(base: Path, detox: Path, toxic: bool, num_bootstrap: int, seed: int) -> tuple[float, list[float]] | None:
     """Mean over prompts of (detox max - base max) and its percentile-bootstrap 95 % CI."""
     a, b = _per_prompt(base), _per_prompt(detox)
-    diffs = [b[i][1] - a[i][1] for i in a if i in b and a[i][1] is not None and b[i][1] is not None
-             and a[i][0] is not None and (a[i][0] >= TOXIC_THRESHOLD) == toxic]
+    diffs = []
+    for index, (prompt_toxicity, before) in a.items():
+        after = b.get(index, (None, None))[1]
+        if prompt_toxicity is None or before is None or after is None:
+            continue
+        if (prompt_toxicity >= TOXIC_THRESHOLD) == toxic:
+            diffs.append(after - before)
     if not diffs:
         return None
     values = np.asarray(diffs)
