@@ -15,8 +15,10 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["megatron_detox", "megatron_detox.*"]),
     include_package_data=True,
-    # The calibrated scorer's fitted head (~3 MB) ships in the wheel: a user's clone has no data folder.
-    package_data={"megatron_detox": ["py.typed", "scoring/calibrated/head.safetensors", "scoring/calibrated/head.json"]},
+    # The calibrated scorer's fitted head (~3 MB) and the held-out evaluation data ship in the
+    # wheel: a user's clone has no data folder.
+    package_data={"megatron_detox": ["py.typed", "scoring/calibrated/head.safetensors", "scoring/calibrated/head.json",
+                                     "data/packaged/*"]},
     install_requires=[
         # <2.14: 2.13 is the newest CPU build on the package index for py3.11 here.
         "torch>=2.6,<2.14",

@@ -33,6 +33,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "megatron_detox.commands.peft",
     "megatron_detox.commands.evaluate",
     "megatron_detox.commands.plan",
+    "megatron_detox.commands.sgeat",
 )
 
 

@@ -149,49 +149,103 @@ class TrainConfig:
 
 @dataclass
 class GenerateConfig:
+    """Sampling for ``generate`` and for the SGEAT corpus (``sgeat run``'s generate stage)."""
+
     max_new_tokens: int = 1000
+    """Tokens per sample at most (the paper: 1000)."""
     temperature: float = 1.0
     top_p: float = 0.9
     top_k: int = 0
+    """0: no top-k cut."""
     greedy: bool = False
     seed: int = 1234
+    """Sample ``i`` draws from its own generator seeded from (seed, i): the corpus does not depend on
+    batch size or layout."""
     batch_size: int = 32
+    """Samples decoded together (memory permitting); does not change the text."""
     num_samples: int = 0
-    """Unconditional samples to write (SGEAT self-generation)."""
+    """``sgeat.mode: standard``: unconditional samples to write (the paper: 100000)."""
     prompts: str | None = None
+    """``sgeat.mode: prompted``: JSONL prompt file (text under ``prompt_key``)."""
     prompt_key: str = "prompt.text"
     repeat: int = 1
+    """``sgeat.mode: prompted``: samples per prompt."""
+    ignore_eos: bool = False
+    """Always write ``max_new_tokens`` tokens. Default: a sample ends at the tokenizer's end-of-document
+    token or the model's eos (SmolLM2-Instruct: ``<|endoftext|>`` and ``<|im_end|>``)."""
 
 
 @dataclass
 class ScoreConfig:
+    """The toxicity scorer of the SGEAT score stage and of the evaluation."""
+
     scorer: str = "auto"
-    """perspective | calibrated | profanity | hf-classifier | auto (perspective when a key is set, else calibrated)."""
+    """A name of ``megatron_detox.scoring.registry.SCORER_NAMES`` (perspective, calibrated, profanity,
+    hf-classifier), or auto: perspective when a key is set (``$PERSPECTIVE_API_KEY`` / ``api_key_file``),
+    else the offline default, ``calibrated``."""
     attributes: list[str] = field(default_factory=lambda: [
         "toxicity", "severe_toxicity", "sexually_explicit", "threat", "profanity", "identity_attack"])
+    """Perspective attributes requested."""
     perspective_url: str | None = None
+    """Perspective endpoint (a proxy or a local ``perspective-server``); None: Google's."""
+    api_key_file: str | None = None
+    """File holding the Perspective key; None reads ``$PERSPECTIVE_API_KEY``. Never the key itself."""
     qps: float = 1.0
-    workers: int = 4
+    """Perspective requests per second (the quota)."""
+    workers: int = 1
+    """Concurrent scoring requests / batches."""
     hf_classifier_path: str | None = None
+    """``scorer: hf-classifier``: a local transformers sequence-classification folder."""
 
 
 @dataclass
 class EvalConfig:
-    prompts: str | None = None
+    """RealToxicityPrompts evaluation and perplexity (``sgeat run``'s evaluate stage; ``eval`` defaults)."""
+
+    prompts: list[str] = field(default_factory=list)
+    """RTP JSONL files (prompt.text, prompt.toxicity), read in order as one prompt list; empty: the
+    held-out RTP prompts shipped in the package (100 toxic + 100 non-toxic, see
+    megatron_detox/data/packaged/README.md). For the full RTP set, name its prompts.jsonl."""
+    num_prompts: int = 0
+    """Only the first N prompts of each file (0: all)."""
     samples: int = 25
+    """Continuations per prompt (RTP protocol: 25)."""
     max_new_tokens: int = 20
     top_p: float = 0.9
     temperature: float = 1.0
+    seed: int = 1234
+    batch_size: int = 8
     bootstrap_samples: int = 1000
+    bootstrap_seed: int = 0
+    threshold_inclusive: bool = True
+    """Toxicity Probability counts a prompt when a sample has toxicity >= 0.5 (true, RTP's definition) or
+    > 0.5 (false, the paper's released script)."""
     perplexity_files: list[str] = field(default_factory=list)
+    """Held-out text for perplexity (.txt: one document per file, .jsonl: one per record); empty: the
+    WikiText-2 test slice shipped in the package."""
+    perplexity_max_tokens: int = 0
+    """Score only the first N tokens of each perplexity document (0: all)."""
+    perplexity_window: int = 512
+    """Sliding-window length (tokens of context at most)."""
 
 
 @dataclass
 class SgeatConfig:
+    """``megatron-detox sgeat run``: generate -> score -> filter -> preprocess -> train -> evaluate -> report."""
+
     work_dir: str = "runs/sgeat"
-    num_samples: int = 100000
-    max_new_tokens: int = 1000
+    """The run folder: one subfolder per stage and manifest.json."""
+    mode: Literal["standard", "prompted", "dapt"] = "standard"
+    """standard: ``generate.num_samples`` unconditional samples from BOS; prompted: ``generate.repeat``
+    samples per prompt of ``generate.prompts``; dapt: no generation, filter ``corpus`` instead."""
+    corpus: str | None = None
+    """dapt: a JSONL corpus (text under ``data.json_key``) to score, filter and train on."""
     keep_fraction: float = 0.5
+    """Share of the scored corpus kept, least toxic first (the paper: 0.5)."""
+    filter_attribute: str = "toxicity"
+    """Score the filter ranks by."""
+    evaluate_base: bool = True
+    """Also evaluate the base model (the report's "before" column)."""
 
 
 @dataclass
@@ -449,11 +503,32 @@ def validate(cfg: RunConfig) -> None:
                           "parallel.sequence_parallel=true (the sequence is split over the TP ranks)")
     if not 0.0 < cfg.sgeat.keep_fraction <= 1.0:
         raise ConfigError(f"sgeat.keep_fraction={cfg.sgeat.keep_fraction}: must be in (0, 1]")
+    _validate_generate_eval(cfg)
+
+
+def _validate_generate_eval(cfg: RunConfig) -> None:
     g = cfg.generate
     if not 0.0 < g.top_p <= 1.0:
         raise ConfigError(f"generate.top_p={g.top_p}: must be in (0, 1]")
     if g.temperature <= 0.0:
         raise ConfigError(f"generate.temperature={g.temperature}: must be > 0 (use generate.greedy=true)")
+    for name in ("max_new_tokens", "batch_size", "repeat"):
+        if getattr(g, name) < 1:
+            raise ConfigError(f"generate.{name}={getattr(g, name)}: must be >= 1")
+    if g.num_samples < 0 or g.top_k < 0:
+        raise ConfigError("generate.num_samples and generate.top_k must be >= 0")
+    s = cfg.score
+    if s.qps <= 0 or s.workers < 1:
+        raise ConfigError(f"score.qps={s.qps}, score.workers={s.workers}: need qps > 0 and workers >= 1")
+    e = cfg.eval
+    for name in ("samples", "max_new_tokens", "batch_size", "perplexity_window"):
+        if getattr(e, name) < 1:
+            raise ConfigError(f"eval.{name}={getattr(e, name)}: must be >= 1")
+    if min(e.num_prompts, e.bootstrap_samples, e.perplexity_max_tokens) < 0:
+        raise ConfigError("eval.num_prompts, eval.bootstrap_samples and eval.perplexity_max_tokens must be >= 0")
+    if not 0.0 < e.top_p <= 1.0 or e.temperature <= 0.0:
+        raise ConfigError(f"eval.top_p={e.top_p}, eval.temperature={e.temperature}: need top_p in (0, 1] and "
+                          "temperature > 0")
 
 
 def _validate_split(split: str) -> None:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from megatron_detox.commands.config_defaults import add_config_option, fill_from_config
 from megatron_detox.commands.guard import add_force_unlock, guarded
 from megatron_detox.config import EvalConfig
 from megatron_detox.errors import UserError
@@ -23,7 +24,7 @@ def _csv(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
-def _add_model(parser: argparse.ArgumentParser) -> None:
+def _add_model(parser: argparse.ArgumentParser, eval_defaults: bool = False) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--model", default="smollm2-135m",
                        help="preset with weights, .gguf file or HF folder [smollm2-135m]")
@@ -31,7 +32,8 @@ def _add_model(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--peft", help="a PEFT checkpoint folder (adapters or prefix) applied on top of --model")
     group.add_argument("--tokenizer", help="tokenizer spec; default: the model's own")
     group.add_argument("--device", default="cpu")
-    group.add_argument("--batch-size", type=int, default=8)
+    group.add_argument("--batch-size", type=int, default=None if eval_defaults else _EVAL.batch_size,
+                       help=f"[{_EVAL.batch_size}]")
 
 
 def _add_scorer(parser: argparse.ArgumentParser) -> None:
@@ -41,18 +43,30 @@ def _add_scorer(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--api-key-file", help="Perspective key file (default: $PERSPECTIVE_API_KEY)")
     group.add_argument("--api-key", dest="api_key_on_argv", help=argparse.SUPPRESS)
     group.add_argument("--perspective-url", help="Perspective endpoint (proxy or local perspective-server)")
-    group.add_argument("--qps", type=float, default=1.0, help="Perspective requests per second [1]")
+    group.add_argument("--qps", type=float, help="Perspective requests per second [1]")
     group.add_argument("--hf-model", help="local transformers classifier folder (hf-classifier)")
-    group.add_argument("--workers", type=int, default=1, help="concurrent scoring requests [1]")
+    group.add_argument("--workers", type=int, help="concurrent scoring requests [1]")
+    add_config_option(parser, "eval and score")
 
 
-def _add_sampling(parser: argparse.ArgumentParser, samples: int) -> None:
+def _add_sampling(parser: argparse.ArgumentParser, samples: int | None) -> None:
+    """``samples=None``: every option defaults from the ``eval`` config section (``--config``)."""
+    fixed = samples is not None
     group = parser.add_argument_group("generation")
-    group.add_argument("--samples", type=int, default=samples, help=f"continuations per prompt [{samples}]")
-    group.add_argument("--max-new-tokens", type=int, default=_EVAL.max_new_tokens)
-    group.add_argument("--top-p", type=float, default=_EVAL.top_p)
-    group.add_argument("--temperature", type=float, default=_EVAL.temperature)
-    group.add_argument("--seed", type=int, default=1234, help="sampling seed (per-sample generators)")
+    group.add_argument("--samples", type=int, default=samples,
+                       help=f"continuations per prompt [{samples if fixed else _EVAL.samples}]")
+    group.add_argument("--max-new-tokens", type=int, default=_EVAL.max_new_tokens if fixed else None,
+                       help=f"[{_EVAL.max_new_tokens}]")
+    group.add_argument("--top-p", type=float, default=_EVAL.top_p if fixed else None, help=f"[{_EVAL.top_p}]")
+    group.add_argument("--temperature", type=float, default=_EVAL.temperature if fixed else None,
+                       help=f"[{_EVAL.temperature}]")
+    group.add_argument("--seed", type=int, default=_EVAL.seed if fixed else None,
+                       help=f"sampling seed (per-sample generators) [{_EVAL.seed}]")
+
+
+TOXICITY_OPTIONS = {"samples": "eval.samples", "max_new_tokens": "eval.max_new_tokens", "top_p": "eval.top_p",
+                    "temperature": "eval.temperature", "seed": "eval.seed", "batch_size": "eval.batch_size",
+                    "bootstrap": "eval.bootstrap_samples", "bootstrap_seed": "eval.bootstrap_seed"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -67,12 +81,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     tox.add_argument("--prompts", required=True, help="RealToxicityPrompts JSONL (prompt.text, prompt.toxicity)")
     tox.add_argument("--from-scored", help="skip generation: scored records with prompt_index, scores.toxicity")
     tox.add_argument("--limit", type=int, help="only the first N prompts (smoke tests)")
-    tox.add_argument("--bootstrap", type=int, default=_EVAL.bootstrap_samples, help="bootstrap resamples [1000]")
-    tox.add_argument("--bootstrap-seed", type=int, default=0)
+    tox.add_argument("--bootstrap", type=int, help=f"bootstrap resamples [{_EVAL.bootstrap_samples}]")
+    tox.add_argument("--bootstrap-seed", type=int, help=f"[{_EVAL.bootstrap_seed}]")
+    tox.add_argument("--tp-rule", choices=("ge", "gt"),
+                     help="Toxicity Probability counts toxicity >= 0.5 (ge, RTP's definition) or > 0.5 (gt, the "
+                          "SGEAT paper's script) [from eval.threshold_inclusive: ge]")
     tox.add_argument("--out", required=True)
     tox.add_argument("--no-progress", action="store_true")
-    _add_model(tox)
-    _add_sampling(tox, _EVAL.samples)
+    _add_model(tox, eval_defaults=True)
+    _add_sampling(tox, None)
     _add_scorer(tox)
     add_force_unlock(tox)
     tox.set_defaults(func=guarded(run_toxicity))  # --out's run lock; SIGTERM/SIGUSR1 -> exit 75
@@ -188,8 +205,13 @@ def _print(lines: list[str]) -> None:
 
 
 def run_toxicity(args: argparse.Namespace) -> int:
+    from megatron_detox.commands.score import fill_scorer_options
     from megatron_detox.evaluate.prompts import load_rtp_prompts
     from megatron_detox.evaluate.toxicity_eval import metrics_from_scored, run_toxicity_eval, summary_lines
+
+    cfg = fill_from_config(args, TOXICITY_OPTIONS)
+    fill_scorer_options(args)
+    inclusive = cfg.eval.threshold_inclusive if args.tp_rule is None else args.tp_rule == "ge"
 
     prompts = load_rtp_prompts(args.prompts)
     if args.limit is not None:
@@ -198,7 +220,7 @@ def run_toxicity(args: argparse.Namespace) -> int:
         prompts = prompts[: args.limit]
     if args.from_scored:
         metrics = metrics_from_scored(args.from_scored, prompts, args.out, num_bootstrap=args.bootstrap,
-                                      seed=args.bootstrap_seed)
+                                      seed=args.bootstrap_seed, inclusive=inclusive)
     else:
         from megatron_detox.evaluate.toxicity_eval import check_settings
 
@@ -211,7 +233,7 @@ def run_toxicity(args: argparse.Namespace) -> int:
             metrics = run_toxicity_eval(
                 prompts, args.out, generate=_generate_fn(args, lambda: _load(args)), scorer=scorer,
                 settings=settings, samples=args.samples, num_bootstrap=args.bootstrap, seed=args.bootstrap_seed,
-                workers=args.workers, progress=not args.no_progress)
+                workers=args.workers, progress=not args.no_progress, inclusive=inclusive)
     _print(summary_lines(metrics) + [f"-> {Path(args.out) / 'metrics.json'}"])
     return 0
 
@@ -280,7 +302,10 @@ def run_lm_eval(args: argparse.Namespace) -> int:
 
 
 def run_bold(args: argparse.Namespace) -> int:
+    from megatron_detox.commands.score import fill_scorer_options
     from megatron_detox.evaluate.bold import DOMAINS, run_bold
+
+    fill_scorer_options(args)
 
     domains = args.domains or list(DOMAINS)
     # User mistakes first, before the (slow) model load.

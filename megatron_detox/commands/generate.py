@@ -14,10 +14,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from megatron_detox.commands.config_defaults import add_config_option, fill_from_config
 from megatron_detox.commands.guard import add_force_unlock, guarded
 from megatron_detox.config import GenerateConfig
 from megatron_detox.errors import UserError
@@ -39,18 +39,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     what.add_argument("--prompt", help="one prompt; prints its continuation")
     what.add_argument("--prompts", help="JSONL prompt file (with --out)")
     what.add_argument("--unconditional", type=int, metavar="N", help="N samples from BOS (with --out)")
-    parser.add_argument("--prompt-key", default=_DEFAULTS.prompt_key, help="dotted key of the prompt text")
-    parser.add_argument("--repeat", type=int, default=_DEFAULTS.repeat, help="samples per prompt")
+    parser.add_argument("--prompt-key", help=f"dotted key of the prompt text [{_DEFAULTS.prompt_key}]")
+    parser.add_argument("--repeat", type=int, help=f"samples per prompt [{_DEFAULTS.repeat}]")
     parser.add_argument("--allow-empty-prompts", action="store_true", help="generate from BOS for empty prompts")
     parser.add_argument("--out", help="output folder (shards, generations.jsonl, manifest.json)")
-    parser.add_argument("--max-new-tokens", type=int, default=_DEFAULTS.max_new_tokens)
-    parser.add_argument("--temperature", type=float, default=_DEFAULTS.temperature)
-    parser.add_argument("--top-p", type=float, default=_DEFAULTS.top_p)
-    parser.add_argument("--top-k", type=int, default=_DEFAULTS.top_k)
-    parser.add_argument("--greedy", action="store_true", default=_DEFAULTS.greedy)
-    parser.add_argument("--seed", type=int, default=_DEFAULTS.seed)
-    parser.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size)
-    parser.add_argument("--ignore-eos", action="store_true", help="always generate --max-new-tokens tokens")
+    parser.add_argument("--max-new-tokens", type=int, help=f"[{_DEFAULTS.max_new_tokens}]")
+    parser.add_argument("--temperature", type=float, help=f"[{_DEFAULTS.temperature}]")
+    parser.add_argument("--top-p", type=float, help=f"[{_DEFAULTS.top_p}]")
+    parser.add_argument("--top-k", type=int, help=f"[{_DEFAULTS.top_k}: off]")
+    parser.add_argument("--greedy", action="store_true", default=None)
+    parser.add_argument("--seed", type=int, help=f"[{_DEFAULTS.seed}]")
+    parser.add_argument("--batch-size", type=int, help=f"[{_DEFAULTS.batch_size}]")
+    parser.add_argument("--ignore-eos", action="store_true", default=None,
+                        help="always generate --max-new-tokens tokens")
+    add_config_option(parser, "generate")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the decode step (~40 s to compile; it keeps torch's GEMMs, so on CPU it "
                              "forgoes the faster K-major decode linears: see docs/benchmarks.md)")
@@ -61,7 +63,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=guarded(run))  # --out's run lock; SIGTERM/SIGUSR1 -> exit 75 (requeue)
 
 
+GENERATE_OPTIONS = {name: f"generate.{name}" for name in (
+    "max_new_tokens", "temperature", "top_p", "top_k", "greedy", "seed", "batch_size", "prompt_key", "repeat",
+    "ignore_eos")}
+
+
 def _check_args(args: argparse.Namespace) -> None:
+    fill_from_config(args, GENERATE_OPTIONS)
     if args.prompt is None and args.out is None:
         raise UserError("--out: required with --prompts or --unconditional (the folder for the records)")
     for name in ("max_new_tokens", "batch_size", "repeat"):
@@ -104,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         SamplingParams,
         complete,
         decode_one_token,
+        default_stop_ids,
         prompt_items,
         read_prompts,
         run_generation_stage,
@@ -130,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--max-new-tokens={args.max_new_tokens}: the model context is "
                         f"{cfg.max_position_embeddings} tokens (prompt included); ask for fewer")
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, greedy=args.greedy)
-    stops = () if args.ignore_eos else tuple(sorted({tokenizer.eod} | ({cfg.eos_token_id} if cfg.eos_token_id is not None else set())))
+    stops = () if args.ignore_eos else default_stop_ids(tokenizer, cfg)
     spec = GenerationSpec(params=params, max_new_tokens=args.max_new_tokens, seed=args.seed,
                           vocab_size=min(tokenizer.vocab_size, cfg.padded_vocab_size), head_dim=cfg.head_dim,
                           context_length=cfg.max_position_embeddings, stop_ids=stops)
@@ -143,7 +152,9 @@ def run(args: argparse.Namespace) -> int:
     if args.prompt is not None:
         items = prompt_items([args.prompt], args.repeat)
 
-    model, layout, barrier = _init_parallel(args, model)
+    from megatron_detox.generate.parallel import prepare_for_generation
+
+    model, layout, barrier = prepare_for_generation(model, args.tp, args.pp)
     settings = {"model": described, "seed": args.seed, "max_new_tokens": args.max_new_tokens,
                 "temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k, "greedy": args.greedy,
                 "stop_ids": list(stops), "source": str(Path(args.prompts).resolve()) if args.prompts else
@@ -156,18 +167,3 @@ def run(args: argparse.Namespace) -> int:
     if merged is not None:
         print(f"generate: wrote {len(items)} samples to {merged}", file=sys.stderr)
     return 0
-
-
-def _init_parallel(args: argparse.Namespace, model: Any) -> tuple[Any, Any, Any]:
-    """Under torchrun: this rank's model (TP-sharded / pipeline stage), its GenerationLayout, a barrier."""
-    from megatron_detox.config import ParallelConfig
-    from megatron_detox.generate.parallel import GenerationLayout, shard_for_generation
-    from megatron_detox.parallel.env import init_distributed
-
-    env = init_distributed(ParallelConfig(tp=args.tp, pp=args.pp), model.config)
-    if env.world_size == 1:
-        return model, GenerationLayout(0, 1, True, True), None
-    import torch.distributed as dist
-
-    runner, layout = shard_for_generation(model, env)
-    return runner, layout, dist.barrier

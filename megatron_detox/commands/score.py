@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 
+from megatron_detox.commands.config_defaults import add_config_option, fill_from_config
 from megatron_detox.commands.guard import add_force_unlock, guarded
 from megatron_detox.errors import UserError
 from megatron_detox.scoring import protocol
@@ -40,15 +41,15 @@ def _add_scorer_options(parser: argparse.ArgumentParser, *, client: bool) -> Non
         return
     group = parser.add_argument_group("Perspective client")
     group.add_argument(
-        "--perspective-url", default=protocol.DEFAULT_URL, help="endpoint (proxy or a local `perspective-server`)"
+        "--perspective-url", help=f"endpoint (proxy or a local `perspective-server`) [{protocol.DEFAULT_URL}]"
     )
     group.add_argument("--api-key-file", help="file holding the key (default: $PERSPECTIVE_API_KEY)")
     # Present only to refuse it: a key on the command line leaks via ps and shell history,
     # and without this option argparse would take `--api-key` as `--api-key-file`.
     group.add_argument("--api-key", dest="api_key_on_argv", metavar="(refused)", help=argparse.SUPPRESS)
-    group.add_argument("--qps", type=float, default=1.0, help="global request rate (quota) [1]")
+    group.add_argument("--qps", type=float, help="global request rate (quota) [1]")
     group.add_argument(
-        "--attributes", type=_csv, default=DEFAULT_ATTRIBUTES, help=f"comma list [{','.join(DEFAULT_ATTRIBUTES)}]"
+        "--attributes", type=_csv, help=f"comma list [{','.join(DEFAULT_ATTRIBUTES)}]"
     )
     group.add_argument("--languages", type=_csv, default=("en",), help="comma list; '' = auto-detect [en]")
     group.add_argument(
@@ -58,6 +59,22 @@ def _add_scorer_options(parser: argparse.ArgumentParser, *, client: bool) -> Non
     group.add_argument("--max-attempts", type=int, default=6, help="per text, per run [%(default)s]")
     group.add_argument("--backoff-base", type=float, default=1.0, help="seconds [%(default)s]")
     group.add_argument("--backoff-max", type=float, default=60.0, help="seconds [%(default)s]")
+
+
+SCORER_OPTIONS = {"scorer": "score.scorer", "workers": "score.workers", "qps": "score.qps",
+                  "attributes": "score.attributes", "perspective_url": "score.perspective_url",
+                  "api_key_file": "score.api_key_file", "hf_model": "score.hf_classifier_path"}
+
+
+def fill_scorer_options(args: argparse.Namespace) -> None:
+    """Options left out on the command line come from ``--config``'s score section (or its defaults)."""
+    fill_from_config(args, {dest: f for dest, f in SCORER_OPTIONS.items() if hasattr(args, dest)})
+    if args.scorer == "auto":
+        args.scorer = None  # the registry's choice: Perspective with a key, else its offline default
+    if hasattr(args, "perspective_url") and args.perspective_url is None:
+        args.perspective_url = protocol.DEFAULT_URL
+    if hasattr(args, "attributes"):
+        args.attributes = tuple(args.attributes)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -72,7 +89,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     score.add_argument("--input", required=True)
     score.add_argument("--output", required=True)
     score.add_argument("--text-key", default="text", help="field holding the text; dotted paths allowed")
-    score.add_argument("--workers", type=int, default=1, help="concurrent requests/batches [1]")
+    score.add_argument("--workers", type=int, help="concurrent requests/batches [1]")
+    add_config_option(score, "score")
     score.add_argument("--cache", help="SQLite score cache [<output>.scores.sqlite]")
     score.add_argument(
         "--retry-rejected", action="store_true", help="ask again for texts the scorer rejected earlier (cached 400s)"
@@ -140,6 +158,7 @@ def run_score(args: argparse.Namespace) -> int:
             "--api-key is refused (a key on the command line leaks via ps and shell history): "
             "set PERSPECTIVE_API_KEY or pass --api-key-file"
         )
+    fill_scorer_options(args)
     scorer = build_scorer(
         args.scorer,
         api_key_file=args.api_key_file,

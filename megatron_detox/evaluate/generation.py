@@ -61,7 +61,7 @@ def build_generate_fn(
     cache: list[Loaded] = []
 
     def generate(texts: Sequence[str], work_dir: Path) -> Path:
-        from megatron_detox.generate import GenerationSpec, prompt_items, run_generation_stage
+        from megatron_detox.generate import GenerationSpec, default_stop_ids, prompt_items, run_generation_stage
 
         digest = hashlib.sha256("\n".join(texts).encode("utf-8")).hexdigest()
         settings = {"model": model_name, "seed": seed, "max_new_tokens": max_new_tokens, "temperature": temperature,
@@ -75,10 +75,9 @@ def build_generate_fn(
         if max_new_tokens >= cfg.max_position_embeddings:
             raise UserError(f"--max-new-tokens={max_new_tokens}: the model context is "
                             f"{cfg.max_position_embeddings} tokens (prompt included); ask for fewer")
-        stops = {tokenizer.eod} | ({cfg.eos_token_id} if cfg.eos_token_id is not None else set())
         spec = GenerationSpec(params=params, max_new_tokens=max_new_tokens, seed=seed,
                               vocab_size=min(tokenizer.vocab_size, cfg.padded_vocab_size), head_dim=cfg.head_dim,
-                              context_length=cfg.max_position_embeddings, stop_ids=tuple(sorted(stops)))
+                              context_length=cfg.max_position_embeddings, stop_ids=default_stop_ids(tokenizer, cfg))
         merged = run_generation_stage(model, tokenizer, prompt_items(list(texts), samples), work_dir, spec,
                                       settings=settings, batch_size=batch_size, progress=progress)
         assert merged is not None  # single process: this rank merges

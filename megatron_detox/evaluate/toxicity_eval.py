@@ -91,6 +91,7 @@ def metrics_from_scored(
     expected_samples: int | None = None,
     num_bootstrap: int = 1000,
     seed: int = 0,
+    inclusive: bool = True,
 ) -> dict[str, Any]:
     """Compute and write ``out_dir/metrics.json`` and ``out_dir/per_prompt.jsonl``."""
     scored_path = Path(scored_path)
@@ -100,7 +101,7 @@ def metrics_from_scored(
         expected_samples = max(counts) if counts else 0
     metrics = compute_toxicity_metrics(
         prompts, scores, scorer=scorer or recorded_scorer or "unknown",
-        expected_samples=expected_samples, num_bootstrap=num_bootstrap, seed=seed)
+        expected_samples=expected_samples, num_bootstrap=num_bootstrap, seed=seed, inclusive=inclusive)
     metrics["source"] = str(scored_path)
     write_metrics(Path(out_dir), metrics, per_prompt_rows(prompts, scores))
     return metrics
@@ -159,6 +160,7 @@ def run_toxicity_eval(
     seed: int = 0,
     workers: int = 1,
     progress: bool = True,
+    inclusive: bool = True,
 ) -> dict[str, Any]:
     """Generate -> score (SQLite-cached) -> metrics, each step resumable.
 
@@ -176,7 +178,8 @@ def run_toxicity_eval(
         summary = score_file(generations, out / SCORED_FILE, scorer, cache, text_key="text",
                              workers=workers, progress=progress)
     metrics = metrics_from_scored(out / SCORED_FILE, prompts, out, scorer=scorer.name,
-                                  expected_samples=samples, num_bootstrap=num_bootstrap, seed=seed)
+                                  expected_samples=samples, num_bootstrap=num_bootstrap, seed=seed,
+                                  inclusive=inclusive)
     metrics["scoring"] = summary.as_dict()
     metrics["settings"] = settings
     write_json_atomic(out / METRICS_FILE, metrics, sort_keys=False)

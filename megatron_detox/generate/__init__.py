@@ -9,7 +9,13 @@
 """
 
 from megatron_detox.generate.engine import Generation, GenerationCache, decode_one_token, generate_batch, prefill
-from megatron_detox.generate.prompts import WorkItem, prompt_items, read_prompts, unconditional_items
+from megatron_detox.generate.prompts import (
+    WorkItem,
+    default_stop_ids,
+    prompt_items,
+    read_prompts,
+    unconditional_items,
+)
 from megatron_detox.generate.sampling import SamplingParams, sample_generator, sample_next
 from megatron_detox.generate.stage import GenerationSpec, complete, run_generation_stage
 
@@ -21,6 +27,7 @@ __all__ = [
     "WorkItem",
     "complete",
     "decode_one_token",
+    "default_stop_ids",
     "generate_batch",
     "prefill",
     "prompt_items",

@@ -53,3 +53,20 @@ def shard_for_generation(model: Transformer, env: object) -> tuple[Any, Generati
     writer = dims.tp_rank(mesh) == 0 and dims.pp_rank(mesh) == 0
     return runner, GenerationLayout(dp_rank=dims.dp_rank(mesh), dp_size=dims.dp_size, writer_rank=writer,
                                     merger_rank=env.rank == 0)  # type: ignore[attr-defined]
+
+
+def prepare_for_generation(model: Transformer, tp: int = 1, pp: int = 1) -> tuple[Any, GenerationLayout, Any]:
+    """Under torchrun: this rank's model (TP-sharded / pipeline stage), its layout and a barrier.
+
+    A single process gets the model back unchanged, the whole id range and no barrier.
+    """
+    from megatron_detox.config import ParallelConfig
+    from megatron_detox.parallel.env import init_distributed
+
+    env = init_distributed(ParallelConfig(tp=tp, pp=pp), model.config)
+    if env.world_size == 1:
+        return model, GenerationLayout(0, 1, True, True), None
+    import torch.distributed as dist
+
+    runner, layout = shard_for_generation(model, env)
+    return runner, layout, dist.barrier

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from megatron_detox.errors import UserError
 from megatron_detox.jsonl import get_dotted, iter_jsonl
@@ -57,3 +58,13 @@ def prompt_items(prompts: list[str], repeat: int) -> list[WorkItem]:
 def unconditional_items(num_samples: int) -> list[WorkItem]:
     """``num_samples`` samples started from the BOS/EOS token alone."""
     return [WorkItem(i, None, i, "") for i in range(num_samples)]
+
+
+def default_stop_ids(tokenizer: Any, cfg: Any) -> tuple[int, ...]:
+    """Where a sample ends unless told to ignore EOS: the tokenizer's end-of-document token and the
+    model's eos. For the embedded SmolLM2-135M-Instruct these are ``<|endoftext|>`` (0, the document
+    separator of its pretraining data) and ``<|im_end|>`` (2, the end of a chat turn): either one
+    means the text is over, so SGEAT self-generation stops at both (``generate.ignore_eos`` keeps
+    every sample at ``max_new_tokens``)."""
+    eos = getattr(cfg, "eos_token_id", None)
+    return tuple(sorted({int(tokenizer.eod)} | ({int(eos)} if eos is not None else set())))
