@@ -51,8 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--search", action="store_true", help="rank every layout for --gpus that fits")
     parser.add_argument("--top", type=int, default=5, help="layouts --search prints")
     parser.add_argument("--sgeat", action="store_true", help="also estimate a whole SGEAT run")
-    parser.add_argument("--samples", type=int, help="SGEAT samples to generate (default sgeat.num_samples)")
-    parser.add_argument("--new-tokens", type=int, help="tokens per sample (default sgeat.max_new_tokens)")
+    parser.add_argument("--samples", type=int, help="SGEAT samples to generate (default generate.num_samples, or the paper's 100000)")
+    parser.add_argument("--new-tokens", type=int, help="tokens per sample at most (default generate.max_new_tokens)")
     parser.add_argument("--score-rate", type=float,
                         help="texts scored per second: a local scorer's rate or the Perspective QPS (default score.qps)")
     parser.add_argument("--eval-prompts", type=int, default=1200, help="RealToxicityPrompts prompts evaluated")
@@ -113,13 +113,14 @@ def run(args: argparse.Namespace) -> int:
     out = plan.to_dict()
     text = format_plan(plan)
     if args.sgeat:
-        sgeat = run_cfg.sgeat
+        generate = run_cfg.generate
         if args.samples is not None:
-            sgeat.num_samples = args.samples
+            generate.num_samples = args.samples
         if args.new_tokens is not None:
-            sgeat.max_new_tokens = args.new_tokens
-        estimate = estimate_sgeat(cfg, device, args.gpus, plan, args.score_rate or run_cfg.score.qps, sgeat,
-                                  run_cfg.eval, args.eval_prompts, args.generation_tp, layout.precision)
+            generate.max_new_tokens = args.new_tokens
+        estimate = estimate_sgeat(cfg, device, args.gpus, plan, args.score_rate or run_cfg.score.qps, run_cfg.sgeat,
+                                  run_cfg.eval, args.eval_prompts, args.generation_tp, layout.precision,
+                                  generate=generate)
         out["sgeat"] = estimate.to_dict()
         text += "\n" + format_sgeat(estimate)
     print(json.dumps(out, indent=2) if args.json else text)

@@ -14,7 +14,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from megatron_detox.config import EvalConfig, SgeatConfig
+from megatron_detox.config import EvalConfig, GenerateConfig, SgeatConfig
 from megatron_detox.errors import UserError
 from megatron_detox.models.config import ModelConfig
 from megatron_detox.models.presets import closed_form_num_params
@@ -27,6 +27,9 @@ DEFAULT_BANDWIDTH_EFFICIENCY = 0.8
 """Fraction of HBM bandwidth a decode step's weight and cache reads reach."""
 RTP_PROMPT_TOKENS = 16
 """Rough length of a RealToxicityPrompts prompt in tokens (half a sentence)."""
+
+# Wang et al. 2022: 100k self-generated samples; the estimate's default when none are configured.
+PAPER_NUM_SAMPLES = 100_000
 
 
 @dataclass(frozen=True)
@@ -126,22 +129,26 @@ class SgeatEstimate:
 
 def estimate_sgeat(cfg: ModelConfig, device: Device, gpus: int, train_plan: TrainingPlan, score_rate: float,
                    sgeat: SgeatConfig | None = None, evaluation: EvalConfig | None = None, eval_prompts: int = 1200,
-                   generation_tp: int = 1, precision: str = "bf16", epochs: float = 1.0) -> SgeatEstimate:
-    """The run of ``sgeat.num_samples`` samples of ``sgeat.max_new_tokens``, ``sgeat.keep_fraction``
-    kept and trained on with ``train_plan``'s layout, then ``eval_prompts`` prompts evaluated.
-    ``score_rate`` is texts per second (a Perspective QPS or a local scorer's rate)."""
+                   generation_tp: int = 1, precision: str = "bf16", epochs: float = 1.0,
+                   generate: GenerateConfig | None = None) -> SgeatEstimate:
+    """The run of ``generate.num_samples`` samples (the paper's 100k when 0) of at most
+    ``generate.max_new_tokens``, ``sgeat.keep_fraction`` kept and trained on with ``train_plan``'s
+    layout, then ``eval_prompts`` prompts evaluated. ``score_rate`` is texts per second (a
+    Perspective QPS or a local scorer's rate)."""
     sgeat = sgeat or SgeatConfig()
+    generate = generate or GenerateConfig()
     evaluation = evaluation or EvalConfig()
     if score_rate <= 0:
         raise UserError(f"scoring rate {score_rate}: must be positive (texts per second)")
-    generation = estimate_generation(cfg, device, gpus, generation_tp, precision, sgeat.num_samples,
-                                     sgeat.max_new_tokens)
-    kept_tokens = int(sgeat.num_samples * sgeat.keep_fraction * sgeat.max_new_tokens * epochs)
+    num_samples = generate.num_samples or PAPER_NUM_SAMPLES
+    generation = estimate_generation(cfg, device, gpus, generation_tp, precision, num_samples,
+                                     generate.max_new_tokens)
+    kept_tokens = int(num_samples * sgeat.keep_fraction * generate.max_new_tokens * epochs)
     layout = train_plan.layout
     per_step = layout["global_batch"] * layout["seq_length"]
     steps = math.ceil(kept_tokens / per_step)
     rtp = estimate_generation(cfg, device, gpus, generation_tp, precision, eval_prompts * evaluation.samples,
                               evaluation.max_new_tokens, prompt_tokens=RTP_PROMPT_TOKENS)
-    return SgeatEstimate(generation=generation, scoring_s=sgeat.num_samples / score_rate,
+    return SgeatEstimate(generation=generation, scoring_s=num_samples / score_rate,
                          training_tokens=kept_tokens, training_steps=steps, training_s=steps * train_plan.step_time_s,
                          evaluation_generation=rtp, evaluation_scoring_s=eval_prompts * evaluation.samples / score_rate)

@@ -95,11 +95,15 @@ def tiny_tokenizer() -> HFTokenizer:
 @pytest.fixture(scope="session")
 def tiny_hf_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A Hugging Face folder (config.json, model.safetensors, tokenizer.json) of a tiny random model."""
+    return write_tiny_hf_folder(tmp_path_factory.mktemp("tiny_hf"))
+
+
+def write_tiny_hf_folder(folder: Path) -> Path:
+    """Fill ``folder`` with a tiny random Llama-style model and its byte-level BPE tokenizer."""
     from safetensors.torch import save_file
 
     from megatron_detox.models.hf_keys import to_hf_state_dict
 
-    folder = tmp_path_factory.mktemp("tiny_hf")
     backend = train_tokenizer()
     backend.save(str(folder / "tokenizer.json"))
     cfg = tiny_config(backend.get_vocab_size(), eos_token_id=0, bos_token_id=0)

@@ -33,7 +33,7 @@ def test_search_prints_a_table(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_sgeat_estimate_from_a_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "run.yaml"
-    config.write_text("model:\n  preset: smollm2-135m\nsgeat:\n  num_samples: 2000\n  max_new_tokens: 100\n"
+    config.write_text("model:\n  preset: smollm2-135m\ngenerate:\n  num_samples: 2000\n  max_new_tokens: 100\n"
                       "peft:\n  adapter:\n    bottleneck: 16\ntrain:\n  method: adapter\n  global_batch_size: 16\n"
                       "  micro_batch_size: 2\n  precision: fp32\ndata:\n  seq_length: 256\n", encoding="utf-8")
     assert main(["plan", "--model", str(config), "--gpus", "2", "--sgeat", "--score-rate", "50", "--json"]) == 0

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from megatron_detox.config import EvalConfig, SgeatConfig
+from megatron_detox.config import EvalConfig, GenerateConfig, SgeatConfig
 from megatron_detox.errors import UserError
 from megatron_detox.models.presets import closed_form_num_params, get_preset
 from megatron_detox.plan.estimate import plan_training
@@ -48,9 +48,9 @@ def test_generation_picks_a_batch_that_fits_and_scales_with_gpus() -> None:
 def test_sgeat_run_adds_up() -> None:
     cfg, a100 = get_preset("gpt-1.3b"), get_device("a100-80g")
     train = plan_training(cfg, Layout(gpus=8, seq_length=2048, global_batch=256), a100)
-    sgeat = SgeatConfig(num_samples=10000, max_new_tokens=500, keep_fraction=0.5)
-    run = estimate_sgeat(cfg, a100, 8, train, score_rate=10.0, sgeat=sgeat, evaluation=EvalConfig(),
-                         eval_prompts=100)
+    run = estimate_sgeat(cfg, a100, 8, train, score_rate=10.0, sgeat=SgeatConfig(keep_fraction=0.5),
+                         evaluation=EvalConfig(), eval_prompts=100,
+                         generate=GenerateConfig(num_samples=10000, max_new_tokens=500))
     assert run.scoring_s == pytest.approx(1000.0)
     assert run.training_tokens == 10000 * 250
     assert run.training_steps == -(-2_500_000 // (256 * 2048))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.generate.conftest import tiny_config, tiny_model, train_tokenizer
+from tests.generate.conftest import write_tiny_hf_folder
 
 REPO = Path(__file__).resolve().parents[2]
 CI_CONFIG = REPO / "configs" / "sgeat" / "ci.yaml"
@@ -22,18 +22,7 @@ CI_CONFIG = REPO / "configs" / "sgeat" / "ci.yaml"
 @pytest.fixture(scope="session")
 def tiny_pretrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A Hugging Face folder: config.json, model.safetensors, tokenizer.json."""
-    from safetensors.torch import save_file
-
-    from megatron_detox.models.hf_keys import to_hf_state_dict
-
-    folder = tmp_path_factory.mktemp("tiny_pretrained")
-    backend = train_tokenizer()
-    backend.save(str(folder / "tokenizer.json"))
-    cfg = tiny_config(backend.get_vocab_size(), eos_token_id=0, bos_token_id=0)
-    hf_config, hf_state = to_hf_state_dict(cfg, tiny_model(cfg).state_dict())
-    (folder / "config.json").write_text(json.dumps(hf_config), encoding="utf-8")
-    save_file(hf_state, str(folder / "model.safetensors"))
-    return folder
+    return write_tiny_hf_folder(tmp_path_factory.mktemp("tiny_pretrained"))
 
 
 def tiny_overrides(folder: Path, work_dir: Path) -> list[str]:
