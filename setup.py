@@ -31,15 +31,16 @@ setup(
         "tqdm>=4.66,<5",
         "gguf>=0.10,<0.20",
         "safetensors>=0.4,<0.8",
-        "threadpoolctl>=3.1,<4",
+        "threadpoolctl>=3.1,<4",  # numpy's BLAS gets torch's thread count (generate/cpu_linears.py)
         # The default offline scorer (`calibrated`): hashed n-grams, ridge, isotonic. <2 stays
         # compatible with alt-profanity-check's pin (scikit-learn==1.9.1 in its 1.9.1 release).
         "scikit-learn>=1.3,<2",
-        "scipy>=1.10,<2",  # numpy's BLAS gets torch's thread count (generate/cpu_linears.py)
+        "scipy>=1.10,<2",
+        "matplotlib>=3.8,<4",  # the report that `sgeat run` (the main command) ends with
     ],
     extras_require={
         "scoring": ["alt-profanity-check>=1.5,<2"],
-        "eval": ["lm-eval==0.4.13", "matplotlib>=3.8,<4"],
+        "eval": ["lm-eval==0.4.13"],
         "hf": ["transformers>=4.45,<6"],
         "test": [
             "pytest>=8",
