@@ -70,6 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"megatron-detox {args.command}: {stopped}; finished work is kept, rerun the same command to "
               f"continue (exit {REQUEUE_EXIT_CODE}: requeue)", file=sys.stderr)
         return REQUEUE_EXIT_CODE
+    except BrokenPipeError:  # the reader went away (`... | head`): stop quietly, like other CLI tools
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush cannot fail again
+        return 1
     except OSError as error:  # a full disk where no writer named its file: still one line
         code = disk_full_errno(error)
         if code is None:
@@ -80,9 +83,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"megatron-detox {args.command}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # the reader went away (`... | head`): stop quietly, like other CLI tools
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush cannot fail again
-        return 1
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ scales them. Same GEMMs, a few MB of logits live at a time.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from torch import Tensor, nn
@@ -24,9 +24,10 @@ from megatron_detox.parallel.loss import IGNORE_INDEX
 CHUNK_ELEMENTS = 1 << 21
 
 
-def fused_loss_applies(output: nn.Module | None) -> bool:
+def fused_loss_applies(output: nn.Module | None) -> TypeGuard[nn.Linear]:
     """Plain local ``nn.Linear`` output layers only: DTensor (TP, FSDP) weights keep the
-    vocab-parallel loss and their own collectives; hooked layers keep their forward."""
+    vocab-parallel loss and their own collectives; hooked layers keep their forward. The
+    trainer takes it in fp32 only: under autocast the plain loss keeps its dtype rules."""
     return (
         type(output) is nn.Linear
         and not hasattr(output.weight, "to_local")

@@ -96,11 +96,6 @@ class ParallelModel:
         """
         return token_loss_sum(logits, labels) * self._loss_scale
 
-    def _fused_loss(self, part: nn.Module) -> bool:
-        """Chunked projection + loss (``fused_loss``) for a plain local output layer in fp32;
-        TP/FSDP (DTensor weights) and autocast keep the plain loss."""
-        return self.precision == "fp32" and fused_loss_applies(getattr(part, "output", None))
-
     def _context(self) -> contextlib.ExitStack:
         stack = contextlib.ExitStack()
         if self._dims.tp_enabled:
@@ -164,8 +159,9 @@ class ParallelModel:
         for i, (mb_tokens, mb_labels) in enumerate(zip(token_chunks, label_chunks, strict=True)):
             if backward:
                 set_gradient_sync(self.parts, i == last)  # reduce gradients once, after the last micro-batch
-            if self._fused_loss(part):
-                with output_detached(part) as output:
+            output = getattr(part, "output", None)
+            if self.precision == "fp32" and fused_loss_applies(output):
+                with output_detached(part):
                     hidden = part(mb_tokens)
                 loss = linear_cross_entropy_sum(hidden, output, mb_labels) * self._loss_scale
             else:
