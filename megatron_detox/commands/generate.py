@@ -135,14 +135,10 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_for_inference(args.model, checkpoint=args.checkpoint, peft=args.peft, tokenizer=args.tokenizer,
                                 dtype=torch.bfloat16 if args.dtype == "bf16" else torch.float32)
     model, tokenizer, cfg, described = loaded.model, loaded.tokenizer, loaded.config, loaded.source
-    if args.max_new_tokens >= cfg.max_position_embeddings:
-        raise UserError(f"--max-new-tokens={args.max_new_tokens}: the model context is "
-                        f"{cfg.max_position_embeddings} tokens (prompt included); ask for fewer")
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, greedy=args.greedy)
     stops = () if args.ignore_eos else default_stop_ids(tokenizer, cfg)
-    spec = GenerationSpec(params=params, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                          vocab_size=min(tokenizer.vocab_size, cfg.padded_vocab_size), head_dim=cfg.head_dim,
-                          context_length=cfg.max_position_embeddings, stop_ids=stops)
+    spec = GenerationSpec.for_model(params, tokenizer, cfg, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                                    stop_ids=stops)
     step = torch.compile(decode_one_token, dynamic=True) if args.compile else decode_one_token
 
     if args.prompt is not None and args.out is None:

@@ -72,12 +72,8 @@ def build_generate_fn(
         if not cache:
             cache.append(load())
         model, tokenizer, cfg = cache[0]
-        if max_new_tokens >= cfg.max_position_embeddings:
-            raise UserError(f"--max-new-tokens={max_new_tokens}: the model context is "
-                            f"{cfg.max_position_embeddings} tokens (prompt included); ask for fewer")
-        spec = GenerationSpec(params=params, max_new_tokens=max_new_tokens, seed=seed,
-                              vocab_size=min(tokenizer.vocab_size, cfg.padded_vocab_size), head_dim=cfg.head_dim,
-                              context_length=cfg.max_position_embeddings, stop_ids=default_stop_ids(tokenizer, cfg))
+        spec = GenerationSpec.for_model(params, tokenizer, cfg, max_new_tokens=max_new_tokens, seed=seed,
+                                        stop_ids=default_stop_ids(tokenizer, cfg))
         merged = run_generation_stage(model, tokenizer, prompt_items(list(texts), samples), work_dir, spec,
                                       settings=settings, batch_size=batch_size, progress=progress)
         assert merged is not None  # single process: this rank merges

@@ -36,6 +36,7 @@ from megatron_detox.generate.writer import (
     read_metrics,
     shard_path,
 )
+from megatron_detox.models.config import ModelConfig
 from megatron_detox.models.gpt import Transformer
 from megatron_detox.tokenizers.base import Tokenizer
 
@@ -55,6 +56,18 @@ class GenerationSpec:
     head_dim: int
     context_length: int
     stop_ids: tuple[int, ...] = ()
+
+    @classmethod
+    def for_model(cls, params: SamplingParams, tokenizer: Tokenizer, cfg: ModelConfig, *, max_new_tokens: int,
+                  seed: int, stop_ids: Sequence[int], option: str = "--max-new-tokens") -> GenerationSpec:
+        """The spec for ``cfg``'s model and ``tokenizer``; ``max_new_tokens`` (the user's ``option``)
+        must leave room for a prompt in the model's context."""
+        if max_new_tokens >= cfg.max_position_embeddings:
+            raise UserError(f"{option}={max_new_tokens}: the model context is {cfg.max_position_embeddings} "
+                            "tokens (prompt included); ask for fewer")
+        return cls(params=params, max_new_tokens=max_new_tokens, seed=seed,
+                   vocab_size=min(tokenizer.vocab_size, cfg.padded_vocab_size), head_dim=cfg.head_dim,
+                   context_length=cfg.max_position_embeddings, stop_ids=tuple(stop_ids))
 
 
 def encode_prompt(tokenizer: Tokenizer, text: str) -> list[int]:

@@ -68,14 +68,10 @@ def run_generate(ctx: RunContext, upstream: list[Path]) -> StageResult:
         items = unconditional_items(g.num_samples)
     loaded = ctx.load_base_model()
     model, tokenizer, mcfg = loaded.model, loaded.tokenizer, loaded.config
-    if g.max_new_tokens >= mcfg.max_position_embeddings:
-        raise UserError(f"generate.max_new_tokens={g.max_new_tokens}: the model context is "
-                        f"{mcfg.max_position_embeddings} tokens (prompt included); ask for fewer")
     params = SamplingParams(temperature=g.temperature, top_p=g.top_p, top_k=g.top_k, greedy=g.greedy)
     stops = () if g.ignore_eos else default_stop_ids(tokenizer, mcfg)
-    spec = GenerationSpec(params=params, max_new_tokens=g.max_new_tokens, seed=g.seed,
-                          vocab_size=min(tokenizer.vocab_size, mcfg.padded_vocab_size), head_dim=mcfg.head_dim,
-                          context_length=mcfg.max_position_embeddings, stop_ids=stops)
+    spec = GenerationSpec.for_model(params, tokenizer, mcfg, max_new_tokens=g.max_new_tokens, seed=g.seed,
+                                    stop_ids=stops, option="generate.max_new_tokens")
     runner, layout, barrier = prepare_for_generation(model, cfg.parallel.tp, cfg.parallel.pp)
     settings = {**generate_settings(ctx), "stop_ids": list(stops), "num_samples": len(items)}
     run_generation_stage(runner, tokenizer, items, out, spec, settings=settings, batch_size=g.batch_size,
