@@ -246,6 +246,9 @@ class SgeatConfig:
     """Score the filter ranks by."""
     evaluate_base: bool = True
     """Also evaluate the base model (the report's "before" column)."""
+    train_on_prompt: bool = True
+    """prompted: a training document is the prompt followed by its kept continuation (true), or the
+    continuation alone (false). The filter ranks by the continuation's score either way."""
 
 
 @dataclass

@@ -19,6 +19,7 @@ GENERATIONS = "generations.jsonl"
 SCORED = "scored.jsonl"
 KEPT = "kept.jsonl"
 CORPUS_PREFIX = "corpus"
+DOCUMENTS = "documents.jsonl"  # prompted + train_on_prompt: prompt + continuation per kept record
 SCORE_CACHE = "scores.sqlite"  # beside the stage folders: survives a rerun of the score stage
 
 
@@ -163,7 +164,23 @@ def run_filter(ctx: RunContext, upstream: list[Path]) -> StageResult:
 
 def preprocess_settings(ctx: RunContext) -> dict[str, Any]:
     return {"tokenizer": ctx.cfg.data.tokenizer, "model_tokenizer": ctx.cfg.model.tokenizer,
-            "text_key": text_key(ctx)}
+            "text_key": text_key(ctx), "with_prompt": _with_prompt(ctx)}
+
+
+def _with_prompt(ctx: RunContext) -> bool:
+    return ctx.cfg.sgeat.mode == "prompted" and ctx.cfg.sgeat.train_on_prompt
+
+
+def _documents_with_prompt(kept: Path, out: Path) -> Path:
+    """prompted + ``sgeat.train_on_prompt``: each kept record as one document, prompt then continuation."""
+    from megatron_detox.atomic import atomic_output
+    from megatron_detox.scoring.records import dump_record
+
+    path = out / DOCUMENTS
+    with atomic_output(path) as handle:
+        for _, record in iter_jsonl(kept):
+            handle.write(dump_record({"id": record["id"], "text": record["prompt"] + record["text"]}))
+    return path
 
 
 def corpus_tokenizer(ctx: RunContext) -> Any:
@@ -185,7 +202,8 @@ def run_preprocess(ctx: RunContext, upstream: list[Path]) -> StageResult:
 
     out = ctx.stage_dir("preprocess")
     tokenizer = corpus_tokenizer(ctx)
-    report = preprocess(upstream[0], out / CORPUS_PREFIX, tokenizer, json_key=text_key(ctx), append_eod=True,
+    source = _documents_with_prompt(upstream[0], out) if _with_prompt(ctx) else upstream[0]
+    report = preprocess(source, out / CORPUS_PREFIX, tokenizer, json_key=text_key(ctx), append_eod=True,
                         workers=max(ctx.cfg.data.num_workers, 1), progress=ctx.progress)
     prefix = out / CORPUS_PREFIX
     return StageResult({f"preprocess/{CORPUS_PREFIX}.bin": Path(f"{prefix}.bin"),

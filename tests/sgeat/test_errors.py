@@ -76,6 +76,28 @@ def test_prompted_mode_samples_each_prompt_repeat_times(tiny_pretrained: Path, t
     assert records[0]["prompt"] == "The cat"
 
 
+def test_prompted_mode_trains_on_prompt_and_kept_continuation(tiny_pretrained: Path, tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": {"text": t}}) + "\n" for t in ("The cat", "A fox", "Paris")))
+    work = tmp_path / "run"
+    args = ["sgeat", "run", str(CI_CONFIG), *tiny_overrides(tiny_pretrained, work), "--no-progress",
+            "sgeat.mode=prompted", f"generate.prompts={prompts}", "generate.repeat=2", "--until-stage", "preprocess"]
+    documents = work / "preprocess" / "documents.jsonl"
+    tokens = {}
+    for with_prompt in (True, False):  # the second run reuses generate/score/filter and redoes preprocess
+        assert main([*args, f"sgeat.train_on_prompt={str(with_prompt).lower()}"]) == 0
+        kept = [r for _, r in iter_jsonl(work / "filter" / "kept.jsonl")]
+        assert len(kept) == 3
+        if with_prompt:
+            assert [r["text"] for _, r in iter_jsonl(documents)] == [r["prompt"] + r["text"] for r in kept]
+        else:
+            assert not documents.exists()
+        counts = json.loads((work / "manifest.json").read_text())["stages"]["preprocess"]["counts"]
+        assert counts["documents"] == 3
+        tokens[with_prompt] = counts["tokens"]
+    assert tokens[True] > tokens[False]
+
+
 def test_dapt_mode_filters_the_given_corpus_without_generating(tiny_pretrained: Path, tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     corpus = tmp_path / "corpus.jsonl"
