@@ -1,4 +1,4 @@
-"""``megatron-detox sgeat run CONFIG [key=value ...]`` and ``megatron-detox sgeat status RUN_DIR``."""
+"""``megatron-detox sgeat run CONFIG [key=value ...]``, ``sgeat status RUN_DIR`` and ``sgeat compare RUN_DIR ...``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser = subparsers.add_parser("sgeat", help="the whole SGEAT pipeline as one resumable command",
                                    description="generate -> score -> filter -> preprocess -> train -> evaluate "
                                                "-> report, in sgeat.work_dir (manifest.json).")
-    commands = parser.add_subparsers(dest="sgeat_command", metavar="<run|status>", required=True)
+    commands = parser.add_subparsers(dest="sgeat_command", metavar="<run|status|compare>", required=True)
     run = commands.add_parser("run", help="run or resume the pipeline",
                               description="Rerun the same command to resume: finished stages with unchanged "
                                           "settings and inputs are skipped; a changed setting reruns its stage "
@@ -27,6 +27,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     status = commands.add_parser("status", help="the state of a run folder (safe while it runs)")
     status.add_argument("run_dir", help="the run's sgeat.work_dir")
     status.set_defaults(func=run_status)
+    compare = commands.add_parser("compare", help="several runs' detoxified models against their common base",
+                                  description="EMT/TP with CIs and perplexity of the base model and each run's "
+                                              "detoxified model, and the paired EMT changes (e.g. SGEAT vs DAPT).")
+    compare.add_argument("run_dirs", nargs="+", help="sgeat.work_dir of each run (same base evaluation)")
+    compare.add_argument("--bootstrap-samples", type=int, default=1000)
+    compare.add_argument("--bootstrap-seed", type=int, default=0)
+    compare.set_defaults(func=run_compare)
 
 
 def run_sgeat(args: argparse.Namespace) -> int:
@@ -48,4 +55,13 @@ def run_status(args: argparse.Namespace) -> int:
     from megatron_detox.sgeat.status import format_status
 
     print(format_status(args.run_dir))
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from megatron_detox.sgeat.compare import compare_table
+
+    print(compare_table([Path(d) for d in args.run_dirs], args.bootstrap_samples, args.bootstrap_seed))
     return 0

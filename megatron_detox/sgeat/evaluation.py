@@ -129,7 +129,9 @@ def _toxicity(ctx: RunContext, prompts: list[Any], folder: Path, load: Any, mode
                                  top_p=e.top_p, temperature=e.temperature, seed=e.seed, batch_size=e.batch_size,
                                  progress=ctx.progress)
     settings = {"model": model_name, "samples": e.samples, "max_new_tokens": e.max_new_tokens, "top_p": e.top_p,
-                "temperature": e.temperature, "seed": e.seed, "prompts": str(folder.parent / PROMPTS_FILE)}
+                "temperature": e.temperature, "seed": e.seed,
+                # by content: a run folder moved, or a base evaluation copied between runs, stays valid
+                "prompts_sha256": file_sha256(folder.parent / PROMPTS_FILE)}
     return run_toxicity_eval(prompts, folder, generate=generate, scorer=scorer, settings=settings,
                              samples=e.samples, num_bootstrap=e.bootstrap_samples, seed=e.bootstrap_seed,
                              workers=ctx.cfg.score.workers, progress=ctx.progress,

@@ -70,11 +70,12 @@ def _ci(value: float | None, ci: list[float] | None) -> str:
     return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{value:.3f}"
 
 
-def summary_table(folders: list[Path], num_bootstrap: int, seed: int) -> str:
-    """Markdown: EMT/TP by prompt group and perplexity, one column per model, and the change."""
-    metrics = {f.name: read_json(f / "metrics.json") for f in folders}
-    ppl = {f.name: read_json(f / "perplexity.json") for f in folders}
-    names = [f.name for f in folders]
+def summary_table(folders: list[Path], num_bootstrap: int, seed: int, labels: list[str] | None = None) -> str:
+    """Markdown: EMT/TP by prompt group and perplexity, one column per model, and the change
+    (two models). Columns are named by ``labels``, else by the folders' names."""
+    names = labels or [f.name for f in folders]
+    metrics = {n: read_json(f / "metrics.json") for n, f in zip(names, folders, strict=True)}
+    ppl = {n: read_json(f / "perplexity.json") for n, f in zip(names, folders, strict=True)}
     pair = len(folders) == 2
     header = ["metric", *names] + (["change [95% CI]"] if pair else [])
     rows: list[list[str]] = []
