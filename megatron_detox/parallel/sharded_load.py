@@ -14,7 +14,7 @@ The same sources feed training from pretrained weights (:class:`SourceTensors`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,14 +176,15 @@ def load_weights(parts: list[nn.Module], weights: WeightSource) -> None:
 
 
 class SourceTensors(Mapping[str, Tensor]):
-    """Full tensors of a source by our name, read when asked for (one group cached).
+    """Full tensors of a source by our name, read when asked for (one group held at a time).
 
     For ``parallel.state.materialize_and_init``, which asks layer by layer: training
-    from pretrained weights never holds the full state dict either.
+    from pretrained weights never holds the full state dict either. ``read(names)``
+    returns full tensors of one group (a :class:`~megatron_detox.sources.Source`'s ``read``).
     """
 
-    def __init__(self, source: Source, cfg: ModelConfig) -> None:
-        self.source, self.cfg = source, cfg
+    def __init__(self, read: Callable[[list[str]], dict[str, Tensor]], cfg: ModelConfig) -> None:
+        self.read, self.cfg = read, cfg
         self.groups = {name: names for _, names in tensor_groups(cfg) for name in names}
         self._cached: dict[str, Tensor] = {}
 
@@ -191,8 +192,8 @@ class SourceTensors(Mapping[str, Tensor]):
         if name not in self.groups:
             raise KeyError(name)
         if name not in self._cached:
-            self._cached = {}  # drop the previous group first
-            self._cached = self.source.read(self.groups[name])
+            self._cached = {}  # drop the previous group before reading the next
+            self._cached = self.read(self.groups[name])
         return self._cached[name]
 
     def __contains__(self, name: object) -> bool:
@@ -203,4 +204,3 @@ class SourceTensors(Mapping[str, Tensor]):
 
     def __len__(self) -> int:
         return len(self.groups)
-
