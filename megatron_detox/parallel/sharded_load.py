@@ -132,7 +132,8 @@ def fill_from_checkpoint(parts: list[nn.Module], ckpt: Path, cfg: ModelConfig) -
     from megatron_detox.train.checkpoint import load_checkpoint_state  # noqa: PLC0415
     from megatron_detox.train.safe_dcp import read_metadata  # noqa: PLC0415
 
-    stored = read_metadata(ckpt).state_dict_metadata
+    metadata = read_metadata(ckpt)
+    stored = metadata.state_dict_metadata
     state = sharded_state_dict(parts, cfg)
     for name, tensor in state.items():
         md = stored.get(f"model.{name}")
@@ -141,6 +142,11 @@ def fill_from_checkpoint(parts: list[nn.Module], ckpt: Path, cfg: ModelConfig) -
                             "its meta.json describes")
         if tuple(md.size) != tuple(tensor.shape):
             raise UserError(f"{ckpt}: tensor {name!r} has shape {list(md.size)}, the model {list(tensor.shape)}")
+    for index, info in (metadata.storage_data or {}).items():
+        if index.fqn.removeprefix("model.") in state and not (ckpt / info.relative_path).is_file():
+            raise UserError(f"{ckpt / info.relative_path}: missing; it holds shards of tensor "
+                            f"{index.fqn.removeprefix('model.')!r} that this layout needs (copy the whole "
+                            "checkpoint folder)")
     load_checkpoint_state(ckpt, {"model": state})
 
 
