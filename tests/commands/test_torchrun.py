@@ -87,8 +87,9 @@ def _metrics(out: Path) -> dict[str, object]:
     return metrics
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
-@pytest.mark.parametrize(("tp", "pp"), [(2, 1), pytest.param(1, 2, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(("tp", "pp"), [(2, 1), (1, 2)])
 def test_eval_toxicity_under_torchrun_equals_one_process(tiny: Path, tmp_path: Path, tp: int, pp: int) -> None:
     pytest.importorskip("profanity_check")
     assert main(toxicity_args(tiny, tmp_path / "one")) == 0
@@ -99,8 +100,9 @@ def test_eval_toxicity_under_torchrun_equals_one_process(tiny: Path, tmp_path: P
     assert _metrics(tmp_path / "two") == _metrics(tmp_path / "one")
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
-@pytest.mark.parametrize(("tp", "pp"), [(1, 2), pytest.param(2, 1, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(("tp", "pp"), [(1, 2), (2, 1)])
 def test_eval_perplexity_under_torchrun_equals_one_process(tiny: Path, tmp_path: Path, tp: int, pp: int) -> None:
     assert main(perplexity_args(tiny, tmp_path / "one")) == 0
     result = torchrun(2, [*perplexity_args(tiny, tmp_path / "two"), "--tp", str(tp), "--pp", str(pp)])
@@ -111,3 +113,39 @@ def test_eval_perplexity_under_torchrun_equals_one_process(tiny: Path, tmp_path:
     # PP sends the same activations through the same layers: exact. TP sums partial
     # products in another order: equal to float32 rounding.
     assert two["perplexity"] == pytest.approx(one["perplexity"], rel=0 if tp == 1 else 1e-5)
+
+
+def write_peft_folder(model_folder: Path, method: str, out: Path) -> Path:
+    """A PEFT checkpoint for the tiny model whose modules change the output (random, not the zero init)."""
+    import torch
+
+    from megatron_detox.config import AdapterConfig, PeftConfig, PrefixConfig
+    from megatron_detox.models.loading import load_model
+    from megatron_detox.peft import apply_peft
+    from megatron_detox.peft.checkpoint import save_peft_from_model
+    from megatron_detox.peft.surgery import peft_named_parameters
+
+    model, cfg = load_model(str(model_folder))
+    peft_cfg = PeftConfig(adapter=AdapterConfig(bottleneck=8), prefix=PrefixConfig(length=3, reparameterize=False))
+    apply_peft(model, cfg, method, peft_cfg, seed=1)
+    gen = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for _, param in peft_named_parameters(model):
+            param.normal_(0.0, 0.5, generator=gen)
+    return save_peft_from_model(model, cfg, method, peft_cfg, out)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.parametrize(("method", "tp", "pp"), [("adapter", 2, 1), ("prefix", 1, 2)])
+def test_generate_with_peft_under_torchrun_equals_one_process(tiny: Path, tmp_path: Path, method: str, tp: int,
+                                                              pp: int) -> None:
+    peft = write_peft_folder(tiny, method, tmp_path / "peft")
+    assert main([*generate_args(tiny, tmp_path / "one"), "--peft", str(peft)]) == 0
+    result = torchrun(2, [*generate_args(tiny, tmp_path / "two"), "--peft", str(peft), "--tp", str(tp),
+                          "--pp", str(pp)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    one = (tmp_path / "one/generations.jsonl").read_text()
+    assert (tmp_path / "two/generations.jsonl").read_text() == one
+    assert main([*generate_args(tiny, tmp_path / "base")]) == 0
+    assert (tmp_path / "base/generations.jsonl").read_text() != one  # the PEFT modules took effect

@@ -96,8 +96,9 @@ def greedy_tokens(loaded: Any, new_tokens: int) -> list[list[int]]:
 
 @pytest.mark.distributed
 @pytest.mark.parametrize(("kind", "tp", "pp"), [
-    ("dcp", 2, 1), ("hf", 1, 2),
-    pytest.param("hf", 2, 1, marks=pytest.mark.slow), pytest.param("dcp", 1, 2, marks=pytest.mark.slow),
+    ("dcp", 2, 1),
+    pytest.param("hf", 1, 2, marks=pytest.mark.slow), pytest.param("hf", 2, 1, marks=pytest.mark.slow),
+    pytest.param("dcp", 1, 2, marks=pytest.mark.slow),
 ])
 def test_each_layout_loads_the_plain_weights(tiny_sources: tuple[Path, Path, dict[str, torch.Tensor]], kind: str,
                                              tp: int, pp: int) -> None:
