@@ -8,6 +8,7 @@ parameter names, vocabulary rows padded to ``cfg.padded_vocab_size``.
 
 from __future__ import annotations
 
+import mmap
 from pathlib import Path
 from typing import Protocol
 
@@ -125,7 +126,17 @@ class GGUFSource:
     def read(self, names: list[str]) -> dict[str, Tensor]:
         from megatron_detox.models.gguf_loader import read_gguf_tensor  # noqa: PLC0415
 
-        return pad_vocab(self.cfg, dict(read_gguf_tensor(self.by_name[n], self.cfg, self.path) for n in names))
+        tensors = pad_vocab(self.cfg, dict(read_gguf_tensor(self.by_name[n], self.cfg, self.path) for n in names))
+        self._release_pages()
+        return tensors
+
+    def _release_pages(self) -> None:
+        """Drop the file pages this read touched from our RSS (the map stays; they fault back in
+        from the file if read again): a map kept for the whole load would otherwise end up
+        holding the whole file, on every rank of a sharded load."""
+        mapped = getattr(getattr(self.reader, "data", None), "_mmap", None)
+        if mapped is not None and hasattr(mapped, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            mapped.madvise(mmap.MADV_DONTNEED)
 
     def describe(self, name: str) -> str:
         return self.by_name[name].name + (" (RoPE rows restored)" if name.endswith(("q_proj.weight", "k_proj.weight"))
