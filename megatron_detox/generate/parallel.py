@@ -79,24 +79,6 @@ def shard_for_generation(model: Transformer, env: object) -> tuple[Any, Generati
     return generation_runner(part, env), layout
 
 
-def prepare_for_generation(model: Transformer, tp: int = 1, pp: int = 1) -> tuple[Any, GenerationLayout, Any]:
-    """Under torchrun: this rank's model (TP-sharded / pipeline stage), its layout and a barrier.
-
-    A single process gets the model back unchanged, the whole id range and no barrier.
-    The model was loaded whole; ``inference.load_for_inference(tp=, pp=)`` loads only the shard.
-    """
-    from megatron_detox.config import ParallelConfig
-    from megatron_detox.parallel.env import init_distributed
-
-    env = init_distributed(ParallelConfig(tp=tp, pp=pp), model.config)
-    if env.world_size == 1:
-        return model, SINGLE_PROCESS, None
-    import torch.distributed as dist
-
-    runner, layout = shard_for_generation(model, env)
-    return runner, layout, dist.barrier
-
-
 def min_over_ranks(device: torch.device) -> Callable[[int], int]:
     """``agree(value)``: the minimum of ``value`` over all ranks (a collective every rank calls).
 
