@@ -58,6 +58,7 @@ def one_process_generations(tiny: Path, tmp_path_factory: pytest.TempPathFactory
     (2, 2),  # TP2 x PP2
     pytest.param(2, 1, marks=pytest.mark.slow),  # TP2 x DP2
     pytest.param(1, 2, marks=pytest.mark.slow),  # PP2 x DP2
+    pytest.param(1, 1, marks=pytest.mark.slow),  # DP4
 ])
 def test_generate_on_four_ranks_equals_one_process(tiny: Path, one_process_generations: str, tmp_path: Path,
                                                    tp: int, pp: int) -> None:
