@@ -31,9 +31,16 @@ def _add_model(parser: argparse.ArgumentParser, eval_defaults: bool = False) -> 
     group.add_argument("--checkpoint", help="a megatron-detox checkpoint (step, checkpoints or run folder)")
     group.add_argument("--peft", help="a PEFT checkpoint folder (adapters or prefix) applied on top of --model")
     group.add_argument("--tokenizer", help="tokenizer spec; default: the model's own")
-    group.add_argument("--device", default="cpu")
+    group.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                       help="auto: this rank's local GPU when there is one, else the CPU")
     group.add_argument("--batch-size", type=int, default=None if eval_defaults else _EVAL.batch_size,
                        help=f"[{_EVAL.batch_size}]")
+
+
+def _add_layout(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("layout (under torchrun; the rest of the ranks is data-parallel)")
+    group.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
+    group.add_argument("--pp", type=int, default=1, help="pipeline stages")
 
 
 def _add_scorer(parser: argparse.ArgumentParser) -> None:
@@ -89,6 +96,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     tox.add_argument("--out", required=True)
     tox.add_argument("--no-progress", action="store_true")
     _add_model(tox, eval_defaults=True)
+    _add_layout(tox)
     _add_sampling(tox, None)
     _add_scorer(tox)
     add_force_unlock(tox)
@@ -103,6 +111,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     ppl.add_argument("--stride", type=int, help="window step [max-length / 2]")
     ppl.add_argument("--out", help="folder for perplexity.json")
     _add_model(ppl)
+    _add_layout(ppl)
     add_force_unlock(ppl)
     ppl.set_defaults(func=guarded(run_perplexity))  # --out's run lock; SIGTERM/SIGUSR1 -> exit 75
 
@@ -145,12 +154,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 # --------------------------------------------------------------------------- helpers
 
 
+def _load_sharded(args: argparse.Namespace) -> Any:
+    """An ``InferenceModel``: under torchrun each rank's shard of the ``--tp`` x ``--pp`` layout."""
+    from megatron_detox.inference import load_for_inference
+
+    return load_for_inference(args.model, checkpoint=args.checkpoint, peft=args.peft, tokenizer=args.tokenizer,
+                              device=args.device, layout=(getattr(args, "tp", 1), getattr(args, "pp", 1)))
+
+
 def _load(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     from megatron_detox.inference import load_for_inference
 
     loaded = load_for_inference(args.model, checkpoint=args.checkpoint, peft=args.peft, tokenizer=args.tokenizer,
                                 device=args.device)
     return loaded.model, loaded.tokenizer, loaded.config
+
+
+def _is_main_rank() -> bool:
+    """Rank 0 (or a single process): the rank that scores, writes and prints."""
+    import os
+
+    from megatron_detox.parallel.env import read_launch_env
+
+    return read_launch_env(os.environ).rank == 0
 
 
 def _scorer(args: argparse.Namespace) -> Any:
@@ -207,7 +233,12 @@ def _print(lines: list[str]) -> None:
 def run_toxicity(args: argparse.Namespace) -> int:
     from megatron_detox.commands.score import fill_scorer_options
     from megatron_detox.evaluate.prompts import load_rtp_prompts
-    from megatron_detox.evaluate.toxicity_eval import metrics_from_scored, run_toxicity_eval, summary_lines
+    from megatron_detox.evaluate.toxicity_eval import (
+        GENERATION_DIR,
+        metrics_from_scored,
+        run_toxicity_eval,
+        summary_lines,
+    )
 
     cfg = fill_from_config(args, TOXICITY_OPTIONS)
     fill_scorer_options(args)
@@ -227,11 +258,16 @@ def run_toxicity(args: argparse.Namespace) -> int:
         if args.samples < 1 or args.max_new_tokens < 1:
             raise UserError("--samples and --max-new-tokens must be >= 1")
         settings = {**_sampling_settings(args), "prompts": str(Path(args.prompts).resolve()), "limit": args.limit}
+        generate = _generate_fn(args, lambda: _load_sharded(args))
+        if not _is_main_rank():
+            # Under torchrun every rank takes part in generation; rank 0 alone scores and writes.
+            generate([p.text for p in prompts], Path(args.out) / GENERATION_DIR)
+            return 0
         with _scorer(args) as scorer:
             # Refuse a folder holding another run before the (slow) model load.
             check_settings(Path(args.out), {**settings, "scorer": scorer.cache_namespace})
             metrics = run_toxicity_eval(
-                prompts, args.out, generate=_generate_fn(args, lambda: _load(args)), scorer=scorer,
+                prompts, args.out, generate=generate, scorer=scorer,
                 settings=settings, samples=args.samples, num_bootstrap=args.bootstrap, seed=args.bootstrap_seed,
                 workers=args.workers, progress=not args.no_progress, inclusive=inclusive)
     _print(summary_lines(metrics) + [f"-> {Path(args.out) / 'metrics.json'}"])
@@ -246,7 +282,9 @@ def run_perplexity(args: argparse.Namespace) -> int:
     missing = [data for data in args.data if indexed_prefix(data) is None and not Path(data).is_file()]
     if missing:  # before the (slow) model load
         raise UserError(f"{missing[0]}: not found; pass a .jsonl/.txt file or a .bin/.idx prefix")
-    model, tokenizer, cfg = _load(args)
+    loaded = _load_sharded(args)
+    model, tokenizer, cfg = loaded.model, loaded.tokenizer, loaded.config
+    main = loaded.env.rank == 0  # every rank runs the (sharded) forward; rank 0 writes
     max_length = args.max_length or cfg.max_position_embeddings
     if not 1 <= max_length <= cfg.max_position_embeddings:
         raise UserError(f"--max-length={max_length}: must be in [1, the model context "
@@ -260,9 +298,11 @@ def run_perplexity(args: argparse.Namespace) -> int:
     for data in args.data:
         result = compute_perplexity(model, load_documents(data, tokenizer.encode, args.json_key),
                                     max_length=max_length, stride=stride, prefix_token=prefix,
-                                    batch_size=args.batch_size, vocab_size=cfg.vocab_size, device=args.device,
-                                    progress=True)
+                                    batch_size=args.batch_size, vocab_size=cfg.vocab_size, device=loaded.device,
+                                    progress=main)
         results[Path(data).name] = {**result.to_dict(), "path": str(data), "model": model_name(args)}
+        if not main:
+            continue
         print(f"{data}: perplexity {result.perplexity:.3f} over {result.num_tokens} tokens "
               f"({result.num_documents} documents, window {max_length}, stride {stride})", file=sys.stderr)
         if out_file is not None:
@@ -288,9 +328,10 @@ def run_lm_eval(args: argparse.Namespace) -> int:
     unknown = [t for t in args.tasks if not manager.match_tasks([t])]
     if unknown:
         raise UserError(f"--tasks: unknown task {unknown[0]!r}; see `lm_eval --tasks list` or pass --include-path")
-    model, tokenizer, cfg = _load(args)
+    loaded = _load_sharded(args)  # the 1 x 1 layout: lm-eval runs in one process
+    model, tokenizer, cfg = loaded.model, loaded.tokenizer, loaded.config
     lm = MegatronDetoxLM(model, tokenizer, max_length=args.max_length or cfg.max_position_embeddings,
-                         batch_size=args.batch_size, device=args.device, vocab_size=cfg.vocab_size)
+                         batch_size=args.batch_size, device=str(loaded.device), vocab_size=cfg.vocab_size)
     results = simple_evaluate(model=lm, tasks=args.tasks, num_fewshot=args.num_fewshot, limit=args.limit,
                               task_manager=manager, log_samples=False)
     summary = {"tasks": args.tasks, "model": model_name(args),

@@ -34,7 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--checkpoint", help="a checkpoint of ours (step, checkpoints or run folder); overrides --model")
     source.add_argument("--peft", help="a PEFT checkpoint folder (adapters or prefix) applied on top of --model")
     source.add_argument("--tokenizer", help="tokenizer spec when the model does not name a usable one")
-    source.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    source.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="weights and activations (default auto: bf16 on a GPU, fp32 on the CPU)")
+    source.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="auto: this rank's local GPU when there is one, else the CPU")
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--prompt", help="one prompt; prints its continuation")
     what.add_argument("--prompts", help="JSONL prompt file (with --out)")
@@ -132,8 +135,9 @@ def run(args: argparse.Namespace) -> int:
 
     from megatron_detox.inference import load_for_inference
 
+    # Under torchrun every rank builds the model on meta and reads only its own shard.
     loaded = load_for_inference(args.model, checkpoint=args.checkpoint, peft=args.peft, tokenizer=args.tokenizer,
-                                dtype=torch.bfloat16 if args.dtype == "bf16" else torch.float32)
+                                dtype=args.dtype, device=args.device, layout=(args.tp, args.pp))
     model, tokenizer, cfg, described = loaded.model, loaded.tokenizer, loaded.config, loaded.source
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, greedy=args.greedy)
     stops = () if args.ignore_eos else default_stop_ids(tokenizer, cfg)
@@ -148,17 +152,17 @@ def run(args: argparse.Namespace) -> int:
     if args.prompt is not None:
         items = prompt_items([args.prompt], args.repeat)
 
-    from megatron_detox.generate.parallel import prepare_for_generation
-
-    model, layout, barrier = prepare_for_generation(model, args.tp, args.pp)
+    layout = loaded.layout
     settings = {"model": described, "seed": args.seed, "max_new_tokens": args.max_new_tokens,
                 "temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k, "greedy": args.greedy,
                 "stop_ids": list(stops), "source": str(Path(args.prompts).resolve()) if args.prompts else
                 ("prompt" if args.prompt is not None else "unconditional"), "prompt_key": args.prompt_key,
-                "repeat": args.repeat, "num_samples": len(items), "dtype": args.dtype}
+                "repeat": args.repeat, "num_samples": len(items),
+                "dtype": "bf16" if next(model.parameters()).dtype == torch.bfloat16 else "fp32"}
     merged = run_generation_stage(model, tokenizer, items, args.out, spec, settings=settings,
                                   batch_size=args.batch_size, dp_rank=layout.dp_rank, dp_size=layout.dp_size,
-                                  writer_rank=layout.writer_rank, merger_rank=layout.merger_rank, barrier=barrier,
+                                  writer_rank=layout.writer_rank, merger_rank=layout.merger_rank,
+                                  barrier=loaded.barrier, agree_batch_size=loaded.agree_batch_size,
                                   decode_step=step, progress=not args.no_progress)
     if merged is not None:
         print(f"generate: wrote {len(items)} samples to {merged}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Sources and sinks for our own DCP checkpoints, Hugging Face folders and GGUF files.
+"""Sinks for our own DCP checkpoints and Hugging Face folders (sources: :mod:`megatron_detox.sources`).
 
 Each reuses the loader the rest of the package uses (``train.checkpoint`` /
 ``train.safe_dcp`` for DCP, ``models.hf`` / ``models.hf_keys`` for HF,
@@ -26,19 +26,17 @@ from torch.distributed.checkpoint.planner import WriteItem, WriteItemType
 
 from megatron_detox.atomic import write_text_atomic
 from megatron_detox.convert.groups import tensor_groups
-from megatron_detox.errors import UserError
 from megatron_detox.models.config import ModelConfig
-from megatron_detox.models.hf import INDEX_FILE, SINGLE_FILE, HFReader
-from megatron_detox.models.hf_keys import config_to_hf, key_map, to_hf_state_dict
+from megatron_detox.models.hf import INDEX_FILE, SINGLE_FILE
+from megatron_detox.models.hf_keys import config_to_hf, to_hf_state_dict
 from megatron_detox.models.state_dict import expected_shapes, pad_vocab
+from megatron_detox.sources import DcpSource, GGUFSource, HFSource
 from megatron_detox.train.checkpoint import (
-    model_config_from_meta,
     model_shape,
-    read_meta,
-    resolve_checkpoint,
     save_checkpoint,
 )
-from megatron_detox.train.safe_dcp import read_metadata, safe_load
+
+__all__ = ["DcpSink", "DcpSource", "GGUFSource", "HFSink", "HFSource", "fresh_dir"]
 
 DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
@@ -51,36 +49,6 @@ def fresh_dir(path: Path) -> None:
 
 
 # ---------------------------------------------------------------- ours (DCP)
-
-
-class DcpSource:
-    """A checkpoint of ours (step, checkpoints or run folder); DCP assembles full tensors from any layout."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = resolve_checkpoint(path)
-        meta = read_meta(self.path)
-        if meta.get("method", "full") != "full":
-            raise UserError(f"{self.path}: a train.method={meta['method']!r} checkpoint holds PEFT modules; "
-                            "merge them first")
-        self.cfg = model_config_from_meta(meta, self.path)
-        self.layout = meta.get("layout")
-        stored = read_metadata(self.path).state_dict_metadata
-        self.shapes = {key.removeprefix("model."): md.size for key, md in stored.items()
-                       if key.startswith("model.") and hasattr(md, "size")}
-        for name, shape in expected_shapes(self.cfg).items():
-            if name not in self.shapes:
-                raise UserError(f"{self.path}: tensor {name!r} is missing from the checkpoint")
-            if tuple(self.shapes[name]) != tuple(shape):
-                raise UserError(f"{self.path}: tensor {name!r} has shape {list(self.shapes[name])}, "
-                                f"expected {list(shape)}")
-
-    def read(self, names: list[str]) -> dict[str, Tensor]:
-        model = {name: torch.empty(self.shapes[name]) for name in names}
-        safe_load({"model": model}, self.path, no_dist=True)  # only these entries are read
-        return model
-
-    def describe(self, name: str) -> str:
-        return f"model.{name} @ {self.path.name}"
 
 
 class DcpSink:
@@ -193,17 +161,6 @@ class _PullPlanner(DefaultSavePlanner):
 # ---------------------------------------------------------------- Hugging Face
 
 
-class HFSource(HFReader):
-    """An HF ``gpt2`` / ``llama`` folder (single or sharded safetensors)."""
-
-    def describe(self, name: str) -> str:
-        for ours, theirs, transpose in key_map(self.cfg):
-            if ours == name:
-                return theirs + (" (transposed)" if transpose else "")
-        i, leaf = name.split(".")[1], name.rpartition(".")[2]
-        return f"transformer.h.{i}.attn.c_attn.{leaf} (a third, transposed)"
-
-
 class HFSink:
     """An HF folder: ``config.json`` and safetensors shards of at most ``max_shard_bytes`` (+ index)."""
 
@@ -254,29 +211,3 @@ class HFSink:
 
     def describe(self, name: str) -> str:
         return HFSource.describe(self, name)  # type: ignore[arg-type]
-
-
-# ---------------------------------------------------------------- GGUF
-
-
-class GGUFSource:
-    """A llama GGUF file; each tensor is dequantized when its group is read."""
-
-    def __init__(self, path: str | Path) -> None:
-        from megatron_detox.models.gguf_loader import gguf_to_our_name, open_gguf  # noqa: PLC0415
-
-        self.path = Path(path)
-        self.reader, self.cfg = open_gguf(self.path)
-        self.by_name = {gguf_to_our_name(t.name, self.path): t for t in self.reader.tensors}
-        for name in expected_shapes(self.cfg):
-            if name not in self.by_name and not (name == "output.weight" and self.cfg.tie_word_embeddings):
-                raise UserError(f"{self.path}: tensor for {name!r} is missing")
-
-    def read(self, names: list[str]) -> dict[str, Tensor]:
-        from megatron_detox.models.gguf_loader import read_gguf_tensor  # noqa: PLC0415
-
-        return pad_vocab(self.cfg, dict(read_gguf_tensor(self.by_name[n], self.cfg, self.path) for n in names))
-
-    def describe(self, name: str) -> str:
-        return self.by_name[name].name + (" (RoPE rows restored)" if name.endswith(("q_proj.weight", "k_proj.weight"))
-                                          else "")

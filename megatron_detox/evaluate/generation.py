@@ -14,7 +14,9 @@ from megatron_detox.models.config import ModelConfig
 from megatron_detox.models.gpt import Transformer
 from megatron_detox.tokenizers.base import Tokenizer
 
-Loaded = tuple[Transformer, Tokenizer, ModelConfig]
+Loaded = tuple[Transformer, Tokenizer, ModelConfig] | Any
+"""``(model, tokenizer, config)`` for one process, or an ``inference.InferenceModel`` (its
+``layout`` says this rank's share under torchrun)."""
 
 
 def generation_finished(work_dir: Path, settings: dict[str, Any]) -> Path | None:
@@ -71,12 +73,21 @@ def build_generate_fn(
             return finished
         if not cache:
             cache.append(load())
-        model, tokenizer, cfg = cache[0]
+        loaded = cache[0]
+        parallel: dict[str, Any] = {}
+        if isinstance(loaded, tuple):
+            model, tokenizer, cfg = loaded
+        else:
+            model, tokenizer, cfg = loaded.model, loaded.tokenizer, loaded.config
+            layout = loaded.layout
+            parallel = {"dp_rank": layout.dp_rank, "dp_size": layout.dp_size, "writer_rank": layout.writer_rank,
+                        "merger_rank": layout.merger_rank, "barrier": loaded.barrier,
+                        "agree_batch_size": loaded.agree_batch_size}
         spec = GenerationSpec.for_model(params, tokenizer, cfg, max_new_tokens=max_new_tokens, seed=seed,
                                         stop_ids=default_stop_ids(tokenizer, cfg))
         merged = run_generation_stage(model, tokenizer, prompt_items(list(texts), samples), work_dir, spec,
-                                      settings=settings, batch_size=batch_size, progress=progress)
-        assert merged is not None  # single process: this rank merges
-        return Path(merged)
+                                      settings=settings, batch_size=batch_size,
+                                      progress=progress and parallel.get("merger_rank", True), **parallel)
+        return work_dir / "generations.jsonl" if merged is None else Path(merged)  # None: not the merging rank
 
     return generate

@@ -56,7 +56,8 @@ class MegatronDetoxLM(TemplateLM):
                 raise ValueError("MegatronDetoxLM needs a model or pretrained=<model spec>")
             from megatron_detox.inference import load_for_inference
 
-            loaded = load_for_inference(pretrained, tokenizer=tokenizer_path, device=self._device)
+            loaded = load_for_inference(pretrained, tokenizer=tokenizer_path, device=self._device.type)
+            self._device = loaded.device
             model, tokenizer, cfg = loaded.model, loaded.tokenizer, loaded.config
             vocab_size = vocab_size or cfg.vocab_size
             max_length = max_length or cfg.max_position_embeddings

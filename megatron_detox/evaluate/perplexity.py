@@ -92,14 +92,18 @@ def sliding_windows(
 @torch.no_grad()
 def window_nlls(
     model: LogitsFn, windows: list[Window], batch_size: int = 1, vocab_size: int | None = None,
-    device: torch.device | str = "cpu", progress: bool = False,
+    device: torch.device | str | None = None, progress: bool = False,
 ) -> list[float]:
     """Summed NLL of the scored targets of each window (in the order given).
 
     Windows are batched longest-first and padded on the right: with a causal model
     the padding cannot change the logits of the real positions before it.
-    ``vocab_size`` drops the logits of Megatron's padding rows.
+    ``vocab_size`` drops the logits of Megatron's padding rows. ``device``: where the
+    inputs go (default: the model's parameters' device, else the CPU).
     """
+    if device is None:
+        parameters = getattr(model, "parameters", None)
+        device = next(parameters()).device if parameters is not None else "cpu"
     order = sorted(range(len(windows)), key=lambda i: -len(windows[i].inputs))
     result = [0.0] * len(windows)
     bar = tqdm(total=len(windows), desc="perplexity", unit="window", disable=not progress)
@@ -136,7 +140,7 @@ def compute_perplexity(
     prefix_token: int | None = None,
     batch_size: int = 1,
     vocab_size: int | None = None,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
     progress: bool = False,
 ) -> PerplexityResult:
     """Token-weighted perplexity of ``model`` over token-id ``documents``."""

@@ -9,6 +9,8 @@ the tokens and on which rows finished, with no further messages.
 
 Simple and exact, not fast: stages run one after the other for one batch (no
 micro-batch overlap), and the logits broadcast costs ``batch x vocab`` floats per step.
+Called without a cache (perplexity) it returns, and broadcasts, the logits of every
+position: ``batch x seq x vocab`` floats per window.
 """
 
 from __future__ import annotations
@@ -51,9 +53,13 @@ class PipelineDecoder:
     def get_submodule(self, target: str) -> nn.Module:
         return self.part.get_submodule(target)
 
-    def __call__(self, tokens: Tensor, positions: Tensor, mask: Tensor | None, cache: KVCache,
-                 cache_pos: Tensor) -> Tensor:
-        """tokens ``[batch, seq]`` (only its shape is used after stage 0) -> logits ``[batch, 1, vocab]``."""
+    def __call__(self, tokens: Tensor, positions: Tensor | None = None, mask: Tensor | None = None,
+                 cache: KVCache | None = None, cache_pos: Tensor | None = None) -> Tensor:
+        """tokens ``[batch, seq]`` (only its shape is used after stage 0) -> logits.
+
+        With a KV cache (the engine): logits of the last slot ``[batch, 1, vocab]``.
+        Without (perplexity, scoring): logits of every position ``[batch, seq, vocab]``.
+        """
         batch, seq = tokens.shape[:2]
         param = next(self.part.parameters())
         if self.stage == 0:
@@ -62,13 +68,17 @@ class PipelineDecoder:
             x = torch.empty(batch, seq, self.config.hidden_size, dtype=param.dtype, device=param.device)
             dist.recv(x, group=self.group, group_src=self.stage - 1)
         last = self.stage == self.num_stages - 1
-        if last:
+        every_position = cache is None
+        if last and every_position:
+            logits = self.part(x, positions, mask).contiguous()  # [batch, seq, padded_vocab]
+        elif last:
             with output_detached(self.part):  # project only the last slot (prefill needs no more)
                 hidden = self.part(x, positions, mask, cache, cache_pos)
             logits = self.projection(hidden[:, -1])[:, None].contiguous()  # [batch, 1, padded_vocab]
         else:
             dist.send(self.part(x, positions, mask, cache, cache_pos).contiguous(), group=self.group,
                       group_dst=self.stage + 1)
-            logits = torch.empty(batch, 1, self.config.padded_vocab_size, dtype=param.dtype, device=param.device)
+            logits = torch.empty(batch, seq if every_position else 1, self.config.padded_vocab_size,
+                                 dtype=param.dtype, device=param.device)
         dist.broadcast(logits, group=self.group, group_src=self.num_stages - 1)
         return logits

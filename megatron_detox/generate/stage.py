@@ -151,6 +151,7 @@ def run_generation_stage(
     decode_step: Callable[..., Tensor] = decode_one_token,
     memory_budget_bytes: int | None = None,
     progress: bool = True,
+    agree_batch_size: Callable[[int], int] | None = None,
 ) -> Path | None:
     """Generate every item not yet in ``out_dir``; rank 0 merges. Returns the merged file on rank 0.
 
@@ -158,7 +159,9 @@ def run_generation_stage(
     manifest; a rerun with different settings is refused. With tensor parallelism every
     rank of a DP group runs the engine (it takes part in the collectives) but only one
     (``writer_rank``) writes; ``merger_rank`` (global rank 0) merges. ``barrier``
-    synchronizes all ranks (None for a single process).
+    synchronizes all ranks (None for a single process). ``agree_batch_size`` (a collective
+    minimum over all ranks, see ``generate.parallel.min_over_ranks``) makes the ranks that
+    run one forward together use one batch size, whatever memory each one has.
     """
     out = Path(out_dir)
     if writer_rank:
@@ -184,7 +187,19 @@ def run_generation_stage(
     if budget is None:
         free = free_memory_bytes(device)
         budget = int(free * CACHE_MEMORY_FRACTION) if free is not None else None
-    fitted = fit_batch_size(model, spec.head_dim, min(batch_size, max(len(mine), 1)), longest, budget)
+    # What memory allows, agreed on before the work split caps it: TP/PP peers hold the
+    # same items, so after the agreement they cap to the same number too.
+    try:
+        fitted = fit_batch_size(model, spec.head_dim, batch_size, longest, budget)
+        refused: UserError | None = None
+    except UserError as error:  # still join the agreement, so no peer waits for this rank forever
+        fitted, refused = 0, error
+    if agree_batch_size is not None:
+        fitted = agree_batch_size(fitted)
+    if fitted == 0:
+        raise refused or UserError("--max-new-tokens: another rank has no memory for the KV cache of one sample; "
+                                   "generate fewer tokens")
+    fitted = min(fitted, max(len(mine), 1))
     progress = progress and writer_rank
     if writer_rank and mine:  # the cache size is reported up front, progress bar or not
         print(f"generate: rank {dp_rank}: {len(mine)} samples to do ({len(done)} already done); KV cache "

@@ -41,7 +41,8 @@ class HFReader:
         if (folder / "tokenizer.json").is_file():
             self.cfg.tokenizer = str(folder / "tokenizer.json")
         self.files = _tensor_files(folder)
-        self.handles = {path: _open_safetensors(path) for path in set(self.files.values())}
+        for path in set(self.files.values()):
+            _open_safetensors(path)  # a damaged header fails here, before any tensor is read
         self.used: set[str] = set()
 
     def get(self, name: str, shape: tuple[int, ...]) -> Tensor:
@@ -52,7 +53,13 @@ class HFReader:
             raise UserError(f"{self.path}: tensor {name!r} is missing from the checkpoint")
         path = self.files[key]
         try:
-            tensor: Tensor = self.handles[path].get_tensor(key)
+            # The file is memory-mapped per tensor and unmapped once the tensor is dropped:
+            # the touched pages of a map kept open for the whole load stay resident, and a
+            # sharded load would end up with the whole file in its RSS.
+            with _open_safetensors(path) as handle:
+                tensor: Tensor = handle.get_tensor(key)
+        except UserError:
+            raise
         except Exception as exc:  # safetensors raises its own error types on damaged data
             raise UserError(f"{path}: cannot read tensor {key!r} ({exc}); the file is damaged") from None
         if tuple(tensor.shape) != tuple(shape):

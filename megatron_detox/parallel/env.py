@@ -124,27 +124,39 @@ def read_launch_env(env: Mapping[str, str]) -> LaunchInfo:
     return LaunchInfo(rank=0, local_rank=0, world_size=1, master_addr=None, master_port=port, launcher="single")
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
+    """``auto`` (this rank's local GPU when there is one, else the CPU), ``cpu`` or ``cuda``."""
+    if spec not in DEVICES:
+        raise UserError(f"--device {spec}: must be one of {', '.join(DEVICES)}")
+    if spec == "cpu" or (spec == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available here (this torch build or machine has none); "
+                        "use --device cpu or --device auto")
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
 def init_distributed(parallel: ParallelConfig, model: ModelConfig,
-                     env: Mapping[str, str] | None = None) -> DistEnv:
+                     env: Mapping[str, str] | None = None, device: str = "auto") -> DistEnv:
     """Validate the layout, then join the process group and build the mesh.
 
     Validation happens before ``init_process_group`` and before any tensor is
     allocated, so an impossible layout fails on every rank with the same one line.
-    NCCL is used when CUDA is available, gloo otherwise. ``env`` defaults to
-    ``os.environ`` (tests pass a dict).
+    ``device`` (:func:`resolve_device`): the rank's local GPU with NCCL, or the CPU with
+    gloo. ``env`` defaults to ``os.environ`` (tests pass a dict).
     """
     launch = read_launch_env(os.environ if env is None else env)
     dims = ParallelDims.from_config(parallel, model, launch.world_size)
+    resolved = resolve_device(device, launch.local_rank)
     if launch.world_size == 1 and not dist.is_initialized():
-        device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-        return DistEnv(rank=0, local_rank=0, world_size=1, device=device, dims=dims, mesh=None)
+        return DistEnv(rank=0, local_rank=0, world_size=1, device=resolved, dims=dims, mesh=None)
 
-    use_cuda = torch.cuda.is_available()
+    use_cuda = resolved.type == "cuda"
     if use_cuda:
-        device = torch.device("cuda", launch.local_rank % torch.cuda.device_count())
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
+        torch.cuda.set_device(resolved)
     if not dist.is_initialized():
         if launch.master_addr is not None:
             # torchrun already exports these; SLURM runs need them for the env:// rendezvous.
@@ -152,7 +164,7 @@ def init_distributed(parallel: ParallelConfig, model: ModelConfig,
             os.environ.setdefault("MASTER_PORT", str(launch.master_port))
         dist.init_process_group(backend="nccl" if use_cuda else "gloo", rank=launch.rank,
                                 world_size=launch.world_size, timeout=timedelta(minutes=30),
-                                device_id=device if use_cuda else None)
-    mesh = dims.build_mesh(device.type)
+                                device_id=resolved if use_cuda else None)
+    mesh = dims.build_mesh(resolved.type)
     return DistEnv(rank=launch.rank, local_rank=launch.local_rank, world_size=launch.world_size,
-                   device=device, dims=dims, mesh=mesh)
+                   device=resolved, dims=dims, mesh=mesh)

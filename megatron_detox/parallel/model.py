@@ -8,7 +8,7 @@ FSDP2 / HSDP / replicate -> materialize -> layout-invariant init (or pretrained)
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 import torch.distributed as dist
@@ -221,7 +221,7 @@ class ParallelModel:
 
 def build_parallel_model(model_cfg: ModelConfig, parallel: ParallelConfig, env: DistEnv, *, seed: int,
                          micro_batch_size: int, num_microbatches: int,
-                         pretrained: dict[str, Tensor] | None = None,
+                         pretrained: Mapping[str, Tensor] | None = None,
                          transform: Callable[[nn.Module], None] | None = None,
                          precision: Precision = "fp32",
                          initial_values: InitialValues | None = None) -> ParallelModel:

@@ -8,7 +8,7 @@ placements, so TP=2 starts from exactly the TP=1 weights.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -54,7 +54,7 @@ def _chunks(names: Iterable[str]) -> list[list[str]]:
 
 @torch.no_grad()
 def materialize_and_init(part: Transformer, cfg: ModelConfig, device: torch.device, *, seed: int,
-                         distributed: bool, pretrained: dict[str, Tensor] | None = None,
+                         distributed: bool, pretrained: Mapping[str, Tensor] | None = None,
                          base_names: set[str] | None = None, initial_values: InitialValues | None = None) -> None:
     """Allocate ``part`` (built on meta, already parallelized) on ``device`` and fill it.
 
@@ -80,7 +80,7 @@ def materialize_and_init(part: Transformer, cfg: ModelConfig, device: torch.devi
     part.tie_weights()
 
 
-def _full_value(name: str, shape: torch.Size, cfg: ModelConfig, seed: int, pretrained: dict[str, Tensor] | None,
+def _full_value(name: str, shape: torch.Size, cfg: ModelConfig, seed: int, pretrained: Mapping[str, Tensor] | None,
                 base_names: set[str] | None, initial_values: InitialValues | None) -> Tensor:
     if pretrained is not None:
         for key in (name, TIED_ALIASES.get(name, "") if cfg.tie_word_embeddings else ""):

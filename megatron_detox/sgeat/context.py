@@ -56,23 +56,31 @@ class RunContext:
         if self.is_main:
             print(f"sgeat: {message}", file=sys.stderr, flush=True)
 
-    def load_model(self, name: str, *, model: str | None = None, checkpoint: str | Path | None = None) -> Any:
-        """An ``InferenceModel``; cached by ``name`` in a single process (generation shards it otherwise)."""
-        if name in self.models:
+    def load_model(self, name: str, *, model: str | None = None, checkpoint: str | Path | None = None,
+                   sharded: bool = False) -> Any:
+        """An ``InferenceModel``; cached by ``name`` in a single process.
+
+        ``sharded``: every rank calls this, and each loads its shard of the
+        ``parallel.tp`` x ``parallel.pp`` layout (generation); else this rank loads it whole.
+        """
+        if name in self.models and (not sharded or self.world_size == 1):
             return self.models[name]
         from megatron_detox.inference import load_for_inference
 
-        loaded = load_for_inference(model, checkpoint=checkpoint)
+        layout = (self.cfg.parallel.tp, self.cfg.parallel.pp) if sharded else None
+        loaded = load_for_inference(model, checkpoint=checkpoint, layout=layout)
+        if sharded and self.world_size > 1:
+            return loaded
         if self.world_size == 1:
             self.models[name] = loaded
         return loaded
 
-    def load_base_model(self) -> Any:
+    def load_base_model(self, sharded: bool = False) -> Any:
         """``model.pretrained``: a preset with weights, a .gguf, an HF folder or a run/checkpoint of ours."""
         spec = self.cfg.model.pretrained
         if spec is None:
             raise UserError("model.pretrained: sgeat run needs the weights to detoxify (e.g. smollm2-135m)")
         path = Path(spec).expanduser()
         if path.is_dir() and ((path / "meta.json").is_file() or (path / "checkpoints").is_dir()):
-            return self.load_model("base", checkpoint=path)
-        return self.load_model("base", model=spec)
+            return self.load_model("base", checkpoint=path, sharded=sharded)
+        return self.load_model("base", model=spec, sharded=sharded)

@@ -60,24 +60,23 @@ def run_generate(ctx: RunContext, upstream: list[Path]) -> StageResult:
         run_generation_stage,
         unconditional_items,
     )
-    from megatron_detox.generate.parallel import prepare_for_generation
-
     g = cfg.generate
     if cfg.sgeat.mode == "prompted":
         items = prompt_items(read_prompts(g.prompts or "", g.prompt_key), g.repeat)
     else:
         items = unconditional_items(g.num_samples)
-    loaded = ctx.load_base_model()
+    loaded = ctx.load_base_model(sharded=True)  # every rank: its shard of cfg.parallel
     model, tokenizer, mcfg = loaded.model, loaded.tokenizer, loaded.config
     params = SamplingParams(temperature=g.temperature, top_p=g.top_p, top_k=g.top_k, greedy=g.greedy)
     stops = () if g.ignore_eos else default_stop_ids(tokenizer, mcfg)
     spec = GenerationSpec.for_model(params, tokenizer, mcfg, max_new_tokens=g.max_new_tokens, seed=g.seed,
                                     stop_ids=stops, option="generate.max_new_tokens")
-    runner, layout, barrier = prepare_for_generation(model, cfg.parallel.tp, cfg.parallel.pp)
+    layout = loaded.layout
     settings = {**generate_settings(ctx), "stop_ids": list(stops), "num_samples": len(items)}
-    run_generation_stage(runner, tokenizer, items, out, spec, settings=settings, batch_size=g.batch_size,
+    run_generation_stage(model, tokenizer, items, out, spec, settings=settings, batch_size=g.batch_size,
                          dp_rank=layout.dp_rank, dp_size=layout.dp_size, writer_rank=layout.writer_rank,
-                         merger_rank=layout.merger_rank, barrier=barrier, progress=ctx.progress)
+                         merger_rank=layout.merger_rank, barrier=loaded.barrier, progress=ctx.progress,
+                         agree_batch_size=loaded.agree_batch_size)
     if not ctx.is_main:
         return StageResult({}, {}, "")
     counts = read_json(out / "manifest.json")["counts"]

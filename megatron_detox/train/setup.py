@@ -5,10 +5,10 @@ Kept apart from the loop (``trainer.py``) so each piece is testable on its own.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 from torch import Tensor
 
@@ -24,7 +24,6 @@ from megatron_detox.train.checkpoint import (
     read_meta,
     resolve_checkpoint,
 )
-from megatron_detox.train.safe_dcp import read_metadata
 
 
 @dataclass
@@ -109,29 +108,26 @@ def build_datasets(cfg: RunConfig, tokenizer, cache_dir: Path, *, is_main: bool,
     return train_ds, valid_ds
 
 
-def load_pretrained(spec: str, model_cfg: ModelConfig, method: str) -> dict[str, Tensor]:
-    """Full plain weights for fine-tuning: a run/checkpoint folder of ours, a preset, GGUF or HF folder."""
+def load_pretrained(spec: str, model_cfg: ModelConfig, method: str) -> Mapping[str, Tensor]:
+    """Plain weights for fine-tuning, read one layer at a time as the model asks for them.
+
+    ``spec``: a run/checkpoint folder of ours, a preset with weights, a GGUF file or an HF
+    folder. The full state dict is never assembled (``parallel.sharded_load.SourceTensors``).
+    """
+    from megatron_detox.parallel.sharded_load import SourceTensors, open_weights  # noqa: PLC0415
+
     path = Path(spec).expanduser()
     if path.is_dir() and ((path / "meta.json").is_file() or (path / "checkpoints").is_dir()
                           or (path / "latest").is_file()):
         ckpt = resolve_checkpoint(path)
         meta = read_meta(ckpt)
         check_compatible(meta, model_cfg, meta.get("method", "full"), ckpt)
-        names = sorted(key.removeprefix("model.") for key in read_metadata(ckpt).state_dict_metadata
-                       if key.startswith("model.") and not _is_peft(key))
-        return load_plain_model_state(ckpt, model_cfg, names)
-    from megatron_detox.models.loading import resolve_weights  # noqa: PLC0415
-
-    source_cfg, state = resolve_weights(spec)
-    ours, theirs = model_shape(model_cfg), model_shape(source_cfg)
+        return SourceTensors(lambda names: load_plain_model_state(ckpt, model_cfg, names), model_cfg)
+    weights = open_weights(spec)
+    ours, theirs = model_shape(model_cfg), model_shape(weights.cfg)
     for name, value in ours.items():
         if theirs[name] != value:
             raise UserError(f"model.pretrained={spec}: has {name}={theirs[name]!r} but the config gives "
                             f"{value!r}; use model.preset/fields matching the weights")
-    return {name: tensor.to(torch.float32) for name, tensor in state.items()}
-
-
-def _is_peft(key: str) -> bool:
-    from megatron_detox.peft import is_peft_name  # noqa: PLC0415
-
-    return bool(is_peft_name(key.removeprefix("model.")))
+    assert weights.tensors is not None
+    return SourceTensors(weights.tensors.read, weights.cfg)

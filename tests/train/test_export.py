@@ -72,3 +72,25 @@ def test_export_never_replaces_a_folder_that_is_not_an_export(tmp_path: Path, co
     assert main(["export", "hf", str(tmp_path / "run"), str(tmp_path / "hf")]) == 0
     assert main(["export", "hf", str(tmp_path / "run"), str(tmp_path / "hf")]) == 0
     assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_a_model_larger_than_a_shard_exports_as_shards(tmp_path: Path, corpus: tuple[Path, str, int]) -> None:
+    """Streamed group by group into shards + index; the sharded loader reads them back exactly."""
+    from megatron_detox.inference import load_for_inference
+    from megatron_detox.train.export import export_hf
+
+    text_file, spec, vocab = corpus
+    config = tiny_gpt_config(tmp_path / "c.yaml", run_dir=tmp_path / "run", text_file=text_file, tokenizer=spec,
+                             vocab_size=vocab, model=LLAMA, train={"steps": 1, "save_interval": 0})
+    cfg = load_config(config)
+    result = train(cfg, progress=False)
+    export_hf(tmp_path / "run", tmp_path / "hf", max_shard_bytes=64 * 1024)
+    names = sorted(p.name for p in (tmp_path / "hf").iterdir())
+    assert "model.safetensors.index.json" in names and sum(n.startswith("model-0") for n in names) > 2
+    export_hf(tmp_path / "run", tmp_path / "hf", max_shard_bytes=64 * 1024)  # an earlier (sharded) export is replaced
+    model_cfg = cfg.model.to_model_config()
+    saved = load_plain_model_state(result.checkpoint, model_cfg, sorted(expected_shapes(model_cfg)))
+    loaded = load_for_inference(str(tmp_path / "hf"), tokenizer=spec, device="cpu")
+    for name, tensor in loaded.model.state_dict().items():
+        rows = vocab if name in ("tok_embeddings.weight", "output.weight") else tensor.shape[0]
+        torch.testing.assert_close(tensor[:rows], saved[name][:rows], rtol=0, atol=0, msg=name)
