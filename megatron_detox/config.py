@@ -170,6 +170,8 @@ class GenerateConfig:
     prompt_key: str = "prompt.text"
     repeat: int = 1
     """``sgeat.mode: prompted``: samples per prompt."""
+    num_prompts: int = 0
+    """Only the first N prompts of ``prompts`` (0: all)."""
     ignore_eos: bool = False
     """Always write ``max_new_tokens`` tokens. Default: a sample ends at the tokenizer's end-of-document
     token or the model's eos (SmolLM2-Instruct: ``<|endoftext|>`` and ``<|im_end|>``)."""
@@ -518,8 +520,8 @@ def _validate_generate_eval(cfg: RunConfig) -> None:
     for name in ("max_new_tokens", "batch_size", "repeat"):
         if getattr(g, name) < 1:
             raise ConfigError(f"generate.{name}={getattr(g, name)}: must be >= 1")
-    if g.num_samples < 0 or g.top_k < 0:
-        raise ConfigError("generate.num_samples and generate.top_k must be >= 0")
+    if min(g.num_samples, g.top_k, g.num_prompts) < 0:
+        raise ConfigError("generate.num_samples, generate.top_k and generate.num_prompts must be >= 0")
     s = cfg.score
     if s.qps <= 0 or s.workers < 1:
         raise ConfigError(f"score.qps={s.qps}, score.workers={s.workers}: need qps > 0 and workers >= 1")

@@ -44,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     what.add_argument("--unconditional", type=int, metavar="N", help="N samples from BOS (with --out)")
     parser.add_argument("--prompt-key", help=f"dotted key of the prompt text [{_DEFAULTS.prompt_key}]")
     parser.add_argument("--repeat", type=int, help=f"samples per prompt [{_DEFAULTS.repeat}]")
+    parser.add_argument("--num-prompts", type=int, help=f"only the first N prompts (0: all) [{_DEFAULTS.num_prompts}]")
     parser.add_argument("--allow-empty-prompts", action="store_true", help="generate from BOS for empty prompts")
     parser.add_argument("--out", help="output folder (shards, generations.jsonl, manifest.json)")
     parser.add_argument("--max-new-tokens", type=int, help=f"[{_DEFAULTS.max_new_tokens}]")
@@ -68,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 GENERATE_OPTIONS = {name: f"generate.{name}" for name in (
     "max_new_tokens", "temperature", "top_p", "top_k", "greedy", "seed", "batch_size", "prompt_key", "repeat",
-    "ignore_eos")}
+    "ignore_eos", "num_prompts")}
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -78,6 +79,8 @@ def _check_args(args: argparse.Namespace) -> None:
     for name in ("max_new_tokens", "batch_size", "repeat"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')}={getattr(args, name)}: must be >= 1")
+    if args.num_prompts < 0:
+        raise UserError(f"--num-prompts={args.num_prompts}: must be >= 0")
     if args.unconditional is not None and args.unconditional < 1:
         raise UserError(f"--unconditional={args.unconditional}: must be >= 1")
     if not args.greedy and args.temperature <= 0:
@@ -129,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--max-new-tokens={args.max_new_tokens}: the model context is {context} tokens "
                         "(prompt included); ask for fewer")
     if args.prompts is not None:
-        items = prompt_items(read_prompts(args.prompts, args.prompt_key, args.allow_empty_prompts), args.repeat)
+        items = prompt_items(read_prompts(args.prompts, args.prompt_key, args.allow_empty_prompts,
+                                          args.num_prompts), args.repeat)
     elif args.unconditional is not None:
         items = unconditional_items(args.unconditional)
 

@@ -24,8 +24,9 @@ class WorkItem:
     prompt: str
 
 
-def read_prompts(path: str | Path, key: str = "prompt.text", allow_empty: bool = False) -> list[str]:
-    """Prompt texts, one per line of a JSONL file, taken from the dotted ``key``.
+def read_prompts(path: str | Path, key: str = "prompt.text", allow_empty: bool = False, limit: int = 0) -> list[str]:
+    """Prompt texts, one per line of a JSONL file, taken from the dotted ``key`` (the first
+    ``limit`` lines only, when it is > 0).
 
     Every problem (bad UTF-8, malformed JSON, missing key, a non-string or empty prompt)
     is a ``UserError`` naming the file and 1-based line; no line is silently skipped.
@@ -45,6 +46,8 @@ def read_prompts(path: str | Path, key: str = "prompt.text", allow_empty: bool =
             raise UserError(f"{where}: field {key!r} is an empty prompt; remove it or pass "
                             f"--allow-empty-prompts to generate from BOS")
         prompts.append(text)
+        if len(prompts) == limit:
+            break
     if not prompts:
         raise UserError(f"{path}: no prompts in the file")
     return prompts

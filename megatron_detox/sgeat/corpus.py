@@ -39,7 +39,7 @@ def generate_settings(ctx: RunContext) -> dict[str, Any]:
     g = dataclasses.asdict(cfg.generate)
     g.pop("batch_size")  # the text of a sample does not depend on it
     if cfg.sgeat.mode == "standard":
-        for name in ("prompts", "prompt_key", "repeat"):
+        for name in ("prompts", "prompt_key", "repeat", "num_prompts"):
             g.pop(name)
     else:
         g.pop("num_samples")
@@ -62,7 +62,7 @@ def run_generate(ctx: RunContext, upstream: list[Path]) -> StageResult:
     )
     g = cfg.generate
     if cfg.sgeat.mode == "prompted":
-        items = prompt_items(read_prompts(g.prompts or "", g.prompt_key), g.repeat)
+        items = prompt_items(read_prompts(g.prompts or "", g.prompt_key, limit=g.num_prompts), g.repeat)
     else:
         items = unconditional_items(g.num_samples)
     loaded = ctx.load_base_model(sharded=True)  # every rank: its shard of cfg.parallel

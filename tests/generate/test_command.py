@@ -40,6 +40,21 @@ def test_bad_prompt_file_exits_2_with_one_line(tmp_path: Path, tiny_hf_folder: P
     assert err.count("\n") == 1 and words in err and "Traceback" not in err
 
 
+def test_num_prompts_takes_the_first_prompts(tmp_path: Path, tiny_hf_folder: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": {"text": t}}) + "\n" for t in ("The cat", "A fox", "Paris")))
+    out = tmp_path / "o"
+    code, _, _ = cli(["--model", str(tiny_hf_folder), "--prompts", str(prompts), "--out", str(out),
+                      "--max-new-tokens", "4", "--repeat", "2", "--num-prompts", "2"], capsys)
+    assert code == 0
+    records = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in records] == ["The cat", "The cat", "A fox", "A fox"]
+    code, _, err = cli(["--model", str(tiny_hf_folder), "--prompts", str(prompts), "--out", str(tmp_path / "x"),
+                        "--num-prompts", "-1"], capsys)
+    assert code == 2 and "--num-prompts=-1: must be >= 0" in err
+
+
 def test_max_new_tokens_beyond_context_refused_before_loading(monkeypatch: pytest.MonkeyPatch,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     import megatron_detox.models.loading as loading

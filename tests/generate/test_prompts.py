@@ -26,6 +26,14 @@ def test_reads_dotted_key_and_numbers_items(tmp_path: Path) -> None:
     assert [i.id for i in unconditional_items(3)] == [0, 1, 2]
 
 
+def test_limit_takes_the_first_prompts_only(tmp_path: Path) -> None:
+    path = write(tmp_path, b'{"p": "a"}\n{"p": "b"}\n{"p": "c"}\n{"broken\n')
+    assert read_prompts(path, key="p", limit=2) == ["a", "b"]  # the broken line 4 is never read
+    assert read_prompts(path, key="p", limit=3) == ["a", "b", "c"]
+    with pytest.raises(UserError, match=":4: malformed JSON"):
+        read_prompts(path, key="p")
+
+
 @pytest.mark.parametrize(("data", "line", "words"), [
     (b'{"prompt": {"text": "ok"}}\n{"prompt": {"text": "ok"\n', 2, "malformed JSON"),
     (b'{"prompt": {"text": "ok"}}\n{"prompt": {"txt": "no"}}\n', 2, "'prompt.text' is missing"),

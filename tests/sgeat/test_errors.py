@@ -74,6 +74,12 @@ def test_prompted_mode_samples_each_prompt_repeat_times(tiny_pretrained: Path, t
     records = [r for _, r in iter_jsonl(work / "generate" / "generations.jsonl")]
     assert [(r["prompt_index"], r["sample_index"]) for r in records] == [(p, s) for p in range(3) for s in range(2)]
     assert records[0]["prompt"] == "The cat"
+    # generate.num_prompts: the first N prompts only (a changed setting regenerates)
+    assert main(["sgeat", "run", str(CI_CONFIG), *tiny_overrides(tiny_pretrained, work), "--no-progress",
+                 "sgeat.mode=prompted", f"generate.prompts={prompts}", "generate.repeat=2",
+                 "generate.num_prompts=2", "--until-stage", "generate"]) == 0
+    records = [r for _, r in iter_jsonl(work / "generate" / "generations.jsonl")]
+    assert [r["prompt"] for r in records] == ["The cat", "The cat", "A fox", "A fox"]
 
 
 def test_prompted_mode_trains_on_prompt_and_kept_continuation(tiny_pretrained: Path, tmp_path: Path) -> None:
