@@ -113,6 +113,10 @@ class Attention(nn.Module):
         # attention reads each cached key once rather than once per query head. The mask
         # is per key, the same for every row.
         grouped = seq == 1 and heads != kv_heads and not is_causal and (mask is None or mask.shape[1] == 1)
+        row_lengths = cache.row_lengths() if cache is not None and seq == 1 else None
+        if row_lengths is not None:
+            out = decode_attention_by_row(q.reshape(batch, kv_heads, heads // kv_heads, self.head_dim), k, v, row_lengths)
+            return self.o_proj(out.reshape(batch, 1, -1))
         out = F.scaled_dot_product_attention(
             q.reshape(batch, kv_heads, heads // kv_heads, self.head_dim) if grouped
             else q.transpose(1, 2),  # [batch, heads, seq, head_dim]
@@ -125,6 +129,20 @@ class Attention(nn.Module):
         )
         out = out.reshape(batch, 1, -1) if grouped else out.transpose(1, 2).reshape(batch, seq, -1)
         return self.o_proj(out)
+
+
+def decode_attention_by_row(q: Tensor, k: Tensor, v: Tensor, lengths: list[int]) -> Tensor:
+    """One-token attention, each row over its own first ``lengths[b]`` slots (0: zeros).
+
+    q ``[batch, kv_heads, group, head_dim]`` (the query heads of a key/value head as its
+    rows), k/v ``[batch, kv_heads, slots, head_dim]`` -> ``[batch, kv_heads, group, head_dim]``.
+    """
+    out = torch.zeros_like(q)
+    for row, length in enumerate(lengths):
+        if length:  # 4-D slices: CPU's flash kernel takes only those (3-D goes to the slow math path)
+            rows = slice(row, row + 1)
+            out[rows] = F.scaled_dot_product_attention(q[rows], k[rows, :, :length], v[rows, :, :length])
+    return out
 
 
 class MLP(nn.Module):
