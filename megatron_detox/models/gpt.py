@@ -53,8 +53,10 @@ def rope_cos_sin(positions: Tensor, head_dim: int, theta: float) -> Rope:
 def apply_rope(x: Tensor, rope: Rope) -> Tensor:
     """Rotate ``x`` ([batch, seq, heads, head_dim]) by per-position angles."""
     cos, sin = (t.to(x.dtype) for t in rope)
-    half = x.shape[-1] // 2
-    swapped = torch.cat((x[..., half:], x[..., :half]), dim=-1)
+    # The halves swapped, as a flip of a [2, half] view: the same values as concatenating
+    # the slices, but its backward is one flip where slices' backwards write zero-filled
+    # buffers (~2 % of a training step on CPU).
+    swapped = x.unflatten(-1, (2, -1)).flip(-2).flatten(-2)
     return x * cos + swapped * sin
 
 
@@ -86,7 +88,7 @@ class Attention(nn.Module):
         heads, kv_heads = q.shape[2], k.shape[2]
         if rope is not None:  # queries and keys rotated as one tensor: half the small kernels
             qk = apply_rope(torch.cat((q, k), dim=2), rope)
-            q, k = qk[:, :, :heads], qk[:, :, heads:]
+            q, k = qk.split((heads, kv_heads), dim=2)  # backward: one cat, not two zero-filled slices
 
         is_causal = False
         if cache is not None:
