@@ -22,7 +22,9 @@ the model is then very unsure, nuclei hold thousands of tokens, the slow samplin
 
 Also prints the memory-bandwidth roofline fraction of our decode steps: bytes a step
 must read (all weights + the KV cache written so far) divided by the step time, over
-the copy bandwidth measured here. The last line is ``ratio=<ours / transformers>``.
+the copy bandwidth measured here; for the SGEAT shape the fractions of the memory and
+the compute (measured fp32 matmul rate) roofline of our useful tokens/s. The last line
+is ``ratio=<ours / transformers>``.
 
     OMP_NUM_THREADS=1 python benchmarks/generate_throughput.py [--threads 1] [--repeats 3]
     OMP_NUM_THREADS=2 python benchmarks/generate_throughput.py --shape sgeat --threads 2 --repeats 1
@@ -44,6 +46,7 @@ from megatron_detox.generate.projection import VocabProjection
 from megatron_detox.generate.sampling import SamplingParams
 from megatron_detox.generate.stage import use_cpu_decode_linears
 from megatron_detox.models.loading import load_model
+from megatron_detox.plan.hardware import measure_cpu_device
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -193,11 +196,14 @@ def sgeat_shape(args: argparse.Namespace) -> None:
     print(f"shape=sgeat samples={samples} batch={args.batch_size} max_new_tokens={new_tokens} stops={stops} "
           f"cpu_decode_linears={fast}")
 
+    lengths: list[int] = []  # useful tokens of each of our samples (last run)
+
     def ours(seed: int) -> tuple[int, int]:
         done = list(generate_stream(model, [(i, [bos]) for i in range(samples)], params, batch_size=args.batch_size,
                                     max_new_tokens=new_tokens, vocab_size=cfg.vocab_size, head_dim=cfg.head_dim,
                                     stop_ids=stops, seed=seed, projection=projection))
-        return sum(len(g.tokens) for g in done), sum(g.finish_reason == "eos" for g in done)
+        lengths[:] = [len(g.tokens) for g in done]
+        return sum(lengths), sum(g.finish_reason == "eos" for g in done)
 
     def theirs(seed: int) -> tuple[int, int]:
         torch.manual_seed(seed)
@@ -225,16 +231,35 @@ def sgeat_shape(args: argparse.Namespace) -> None:
             best[name] = max(best[name], rate)
             print(f"{name}: {useful} useful tokens ({eos}/{samples} samples ended at EOS) in {wall:.1f} s wall "
                   f"({cpu:.1f} s CPU) = {rate:.1f} useful tokens/s")
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    # Roofline: each useful token of a full batch costs 1/batch of a weight read plus its KV reads.
-    kv_per_slot = GenerationCache.num_bytes(cfg.num_layers, 1, 1, cfg.kv_heads, cfg.head_dim)
-    mean_len = new_tokens / 4  # a sample's mean cached length if lengths spread evenly up to new_tokens
-    bytes_per_token = weight_bytes / args.batch_size + kv_per_slot * mean_len
-    fraction = best["ours"] * bytes_per_token / copy_bandwidth()
-    print(f"threads={args.threads} roofline_fraction~{fraction:.3f} (memory, approximate)")
+    print(sgeat_roofline(model, cfg, args.batch_size, lengths, best["ours"]))
     if linears is not None:
         linears.__exit__(None, None, None)
     print(f"ratio={best['ours'] / best['transformers']:.3f}")
+
+
+def sgeat_roofline(model: torch.nn.Module, cfg, batch_size: int, lengths: list[int],  # type: ignore[no-untyped-def]
+                   rate: float) -> str:
+    """Our useful tokens/s as a fraction of the memory and of the compute roofline.
+
+    A useful token of a full batch needs 1/batch of one read of every weight plus a read
+    of its own sample's cached keys/values (the BOS and every token before it), and
+    2 FLOPs per linear weight plus 4 per cached slot and attention channel. The roofs are
+    this machine's measured copy bandwidth and fp32 matmul rate at the run's thread
+    count; the binding one is the larger fraction.
+    """
+    device = measure_cpu_device(matmul_size=2048)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())  # tied counted once
+    linear_weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    mean_slots = sum(n * (n + 1) / 2 for n in lengths) / max(sum(lengths), 1)  # slots a token's step attends over
+    kv_per_slot = GenerationCache.num_bytes(cfg.num_layers, 1, 1, cfg.kv_heads, cfg.head_dim)
+    bytes_per_token = weight_bytes / batch_size + kv_per_slot * mean_slots
+    flops_per_token = 2 * linear_weights + 4 * cfg.num_layers * cfg.num_attention_heads * cfg.head_dim * mean_slots
+    memory = rate * bytes_per_token / (device.memory_bandwidth_gbs * 1e9)
+    compute = rate * flops_per_token / (device.peak_tflops_32 * 1e12)
+    return (f"threads={torch.get_num_threads()} mean_cached_slots={mean_slots:.0f} "
+            f"copy_bandwidth={device.memory_bandwidth_gbs:.1f} GB/s matmul_peak={device.peak_tflops_32 * 1e3:.1f} GFLOP/s "
+            f"memory_roofline_fraction={memory:.3f} compute_roofline_fraction={compute:.3f} "
+            f"roofline_fraction={max(memory, compute):.3f}")
 
 
 if __name__ == "__main__":

@@ -55,6 +55,13 @@ class KVCache:
         values.index_copy_(2, cache_pos, v.transpose(1, 2).to(values.dtype))
         return keys, values
 
+    def row_lengths(self) -> list[int] | None:
+        """For a one-token step: how many leading slots each row attends over, when the
+        attention should run row by row over only those slots (rows of very different
+        lengths, where one masked call would read every row up to the longest); 0 skips a
+        row (its output is zeros). None (the default): one call over all slots, masked."""
+        return None
+
     def default_mask(self, cache_pos: Tensor, kv_len: int) -> Tensor | None:
         """The mask when the caller gave none: causal over the slots, which also hides
         the slots not yet written (``update`` returns whole buffers)."""

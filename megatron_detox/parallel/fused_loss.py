@@ -49,7 +49,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 chunk: int) -> Tensor:
         needs_hidden, needs_weight, needs_bias = ctx.needs_input_grad[:3]
         grad_hidden = torch.empty_like(hidden) if needs_hidden else None
-        grad_weight = torch.zeros_like(weight) if needs_weight else None
+        grad_weight = torch.empty_like(weight) if needs_weight else None  # the first chunk writes it
         grad_bias = torch.zeros_like(bias) if needs_bias and bias is not None else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk):
@@ -70,16 +70,25 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad = grad.to(weight.dtype)
             if grad_hidden is not None:
                 torch.mm(grad, weight, out=grad_hidden[start:start + chunk])
-            if grad_weight is not None:
+            if grad_weight is not None and start == 0:
+                torch.mm(grad.t(), h, out=grad_weight)
+            elif grad_weight is not None:
                 grad_weight.addmm_(grad.t(), h)
             if grad_bias is not None:
                 grad_bias += grad.sum(0)
-        ctx.save_for_backward(*(g if g is not None else torch.empty(0) for g in (grad_hidden, grad_weight, grad_bias)))
-        ctx.has = (grad_hidden is not None, grad_weight is not None, grad_bias is not None)
+        # Not save_for_backward: these are ours alone (no input or output aliases them), so
+        # backward scales them in place instead of allocating a vocabulary-sized product
+        # (~1 % of a SmolLM2 training step on CPU: fresh pages for 113 MB), and frees them.
+        ctx.grads = (grad_hidden, grad_weight, grad_bias)
         return total
 
     @staticmethod
     def backward(ctx: Any, grad_total: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        saved = ctx.saved_tensors
-        grads = tuple(g * grad_total.to(g.dtype) if has else None for g, has in zip(saved, ctx.has, strict=True))
+        if ctx.grads is None:
+            raise RuntimeError("linear_cross_entropy_sum: backward ran twice through the same loss "
+                               "(its gradients are computed in the forward and handed over once)")
+        grads, ctx.grads = ctx.grads, None
+        for grad in grads:
+            if grad is not None:
+                grad.mul_(grad_total.to(grad.dtype))
         return (*grads, None, None)

@@ -6,9 +6,11 @@ import pytest
 import torch
 from torch import nn
 
+from megatron_detox.generate import engine
 from megatron_detox.generate.engine import GenerationCache, generate_batch, generate_stream
 from megatron_detox.generate.projection import VOCAB_CHUNK_ROWS, VocabProjection
 from megatron_detox.generate.sampling import SamplingParams
+from megatron_detox.models import gpt
 
 from .conftest import assert_eos_compaction_exact, ragged_prompts, run, tiny_config, tiny_model
 from .test_prefix import prefixed
@@ -79,10 +81,18 @@ def _stream(model, work, params, batch_size, new=16, stops=(7,), seed=5):  # typ
                                 vocab_size=cfg.vocab_size, head_dim=cfg.head_dim, stop_ids=stops, seed=seed))
 
 
+@pytest.mark.parametrize("attention", ["masked", "by-row"])
 @pytest.mark.parametrize("prefix", [False, True])
-def test_continuous_batching_gives_each_id_the_text_of_a_plain_batch(prefix: bool) -> None:
+def test_continuous_batching_gives_each_id_the_text_of_a_plain_batch(
+        prefix: bool, attention: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Rows finish at different steps (stop id, length) and the next prompt takes their
-    slot: every id is generated once, with the text it gets in one batch of all prompts."""
+    slot: every id is generated once, with the text it gets in one batch of all prompts,
+    whether rows of different lengths attend in one masked call or row by row."""
+    monkeypatch.setattr(engine, "attention_by_row", lambda device: attention == "by-row")
+    monkeypatch.setattr(engine, "BY_ROW_MIN_MEAN_GAP", 0)  # tiny rows: by row whenever lengths differ
+    calls = []
+    by_row = gpt.decode_attention_by_row
+    monkeypatch.setattr(gpt, "decode_attention_by_row", lambda *args: calls.append(1) or by_row(*args))
     model = prefixed(tiny_config(VOCAB)).eval() if prefix else tiny_model(tiny_config(VOCAB))
     prompts = _prompts(13, seed=4)
     ids = list(range(100, 113))
@@ -94,6 +104,7 @@ def test_continuous_batching_gives_each_id_the_text_of_a_plain_batch(prefix: boo
         streamed = _stream(model, list(zip(ids, prompts)), params, batch_size)
         assert sorted(g.sample_id for g in streamed) == ids  # none lost, none twice
         assert {g.sample_id: (g.tokens, g.finish_reason) for g in streamed} == plain
+    assert bool(calls) == (attention == "by-row")
 
 
 def test_continuous_batching_yields_samples_as_they_finish() -> None:

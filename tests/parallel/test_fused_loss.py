@@ -39,6 +39,16 @@ def test_matches_cross_entropy_of_full_logits(bias: bool, chunk_elements: int, m
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_second_backward_through_the_same_loss_is_refused() -> None:
+    """The gradients are computed in the forward and scaled in place by the one backward."""
+    output = nn.Linear(8, 20)
+    hidden = torch.randn(2, 5, 8, requires_grad=True)
+    loss = linear_cross_entropy_sum(hidden, output, torch.randint(0, 20, (2, 5)))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward ran twice"):
+        loss.backward()
+
+
 def test_tied_weight_gets_both_gradients() -> None:
     embedding = nn.Embedding(50, 8)
     output = nn.Linear(8, 50, bias=False)
