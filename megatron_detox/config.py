@@ -248,9 +248,10 @@ class SgeatConfig:
     """Score the filter ranks by."""
     evaluate_base: bool = True
     """Also evaluate the base model (the report's "before" column)."""
-    train_on_prompt: bool = True
-    """prompted: a training document is the prompt followed by its kept continuation (true), or the
-    continuation alone (false). The filter ranks by the continuation's score either way."""
+    train_on_prompt: bool = False
+    """prompted: a training document is the kept continuation alone (false), or the prompt followed
+    by it (true; the loss then also trains on the prompt's tokens, toxic ones included, which raised
+    toxicity in docs/results.md). The filter ranks by the continuation's score either way."""
 
 
 @dataclass
