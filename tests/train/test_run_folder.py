@@ -15,7 +15,7 @@ import pytest
 from tiny_corpus import tiny_gpt_config
 from tmpfs import GROW, run_on_small_tmpfs, tmpfs_unavailable
 
-import megatron_detox.train.export as export_module
+import megatron_detox.convert.formats as export_module  # HFSink writes the export's safetensors
 from megatron_detox.cli import main
 from megatron_detox.config import load_config
 from megatron_detox.diskfull import DiskFull
