@@ -174,7 +174,7 @@ class GenerateConfig:
     """Only the first N prompts of ``prompts`` (0: all)."""
     ignore_eos: bool = False
     """Always write ``max_new_tokens`` tokens. Default: a sample ends at the tokenizer's end-of-document
-    token or the model's eos (SmolLM2-Instruct: ``<|endoftext|>`` and ``<|im_end|>``)."""
+    token or the model's eos (the embedded SmolLM2-Instruct GGUF: ``<|im_end|>`` for both)."""
 
 
 @dataclass

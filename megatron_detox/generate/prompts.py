@@ -65,9 +65,7 @@ def unconditional_items(num_samples: int) -> list[WorkItem]:
 
 def default_stop_ids(tokenizer: Any, cfg: Any) -> tuple[int, ...]:
     """Where a sample ends unless told to ignore EOS: the tokenizer's end-of-document token and the
-    model's eos. For the embedded SmolLM2-135M-Instruct these are ``<|endoftext|>`` (0, the document
-    separator of its pretraining data) and ``<|im_end|>`` (2, the end of a chat turn): either one
-    means the text is over, so SGEAT self-generation stops at both (``generate.ignore_eos`` keeps
-    every sample at ``max_new_tokens``)."""
+    model's eos. The embedded SmolLM2-135M-Instruct GGUF declares ``<|im_end|>`` (2) as both, so its
+    samples stop at id 2 only (``generate.ignore_eos`` keeps every sample at ``max_new_tokens``)."""
     eos = getattr(cfg, "eos_token_id", None)
     return tuple(sorted({int(tokenizer.eod)} | ({int(eos)} if eos is not None else set())))
