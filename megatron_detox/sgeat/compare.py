@@ -13,7 +13,7 @@ from pathlib import Path
 from megatron_detox.errors import UserError
 from megatron_detox.jsonl import read_json
 from megatron_detox.sgeat.evaluation import KEY_FILE
-from megatron_detox.sgeat.manifest import MANIFEST_FILE, read_manifest
+from megatron_detox.sgeat.manifest import read_manifest, require_run_dir
 from megatron_detox.sgeat.report import _ci, paired_delta, summary_table
 
 
@@ -31,8 +31,7 @@ def _label(run: Path) -> str:
 
 def compare_table(runs: list[Path], num_bootstrap: int, seed: int) -> str:
     for run in runs:
-        if not (run / MANIFEST_FILE).is_file():
-            raise UserError(f"{run}: no {MANIFEST_FILE} here; pass the sgeat.work_dir of a run")
+        require_run_dir(run)
     base = _evaluated(runs[0], "base")
     base_key = read_json(base / KEY_FILE).get("key")
     for run in runs[1:]:

@@ -41,6 +41,12 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
+def require_run_dir(work_dir: Path) -> None:
+    """A folder given as an existing run (``sgeat status``/``compare``) must hold a manifest."""
+    if not (work_dir / MANIFEST_FILE).is_file():
+        raise UserError(f"{work_dir}: no {MANIFEST_FILE} here; pass the sgeat.work_dir of a run")
+
+
 def read_manifest(work_dir: Path) -> dict[str, Any]:
     """The manifest, or an empty one for a new run folder."""
     path = work_dir / MANIFEST_FILE

@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from megatron_detox.errors import UserError
-from megatron_detox.sgeat.manifest import MANIFEST_FILE, STAGES, read_manifest
+from megatron_detox.sgeat.manifest import STAGES, read_manifest, require_run_dir
 
 
 def format_status(work_dir: str | Path) -> str:
     work_dir = Path(work_dir)
-    if not (work_dir / MANIFEST_FILE).is_file():
-        raise UserError(f"{work_dir}: no {MANIFEST_FILE} here; pass the sgeat.work_dir of a run")
+    require_run_dir(work_dir)
     manifest = read_manifest(work_dir)
     lines = [f"run {work_dir} (config {str(manifest.get('config_hash', '?'))[:12]}, "
              f"mode {manifest.get('config', {}).get('sgeat', {}).get('mode', '?')})"]
