@@ -248,10 +248,11 @@ class SgeatConfig:
     """Score the filter ranks by."""
     evaluate_base: bool = True
     """Also evaluate the base model (the report's "before" column)."""
-    train_on_prompt: bool = False
-    """prompted: a training document is the kept continuation alone (false), or the prompt followed
-    by it (true; the loss then also trains on the prompt's tokens, toxic ones included, which raised
-    toxicity in docs/results.md). The filter ranks by the continuation's score either way."""
+    prompt_tokens: Literal["context", "train", "drop"] = "context"
+    """prompted: where the prompt goes in a training document. context: before the kept continuation,
+    conditioning it without loss (the model learns to continue the prompt this way); train: before it
+    and in the loss (toxic prompts' tokens included, which raised toxicity in docs/results.md); drop:
+    the continuation alone. The filter ranks by the continuation's score either way."""
 
 
 @dataclass

@@ -23,6 +23,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           "tokenizer.json, .model, VOCAB.json,MERGES.txt or a folder")
     pre.add_argument("--output-prefix", required=True, help="writes PREFIX.bin and PREFIX.idx")
     pre.add_argument("--append-eod", action="store_true", help="append the end-of-document token to each record")
+    pre.add_argument("--context-key", default=None,
+                     help="JSON key of a context (e.g. a prompt) put before the text and left out of the loss; "
+                          "writes the loss mask PREFIX.loss_mask.bin/.idx, which training applies")
+    pre.add_argument("--ends-key", default=None,
+                     help="JSON key of a true/false flag: false (the text was cut, not ended) leaves the "
+                          "end-of-document token out of the loss (needs --append-eod; writes the loss mask)")
     pre.add_argument("--workers", type=int, default=1, help="tokenizer processes")
     pre.add_argument("--skip-bad", action="store_true", help="skip bad lines (listed in the report) instead of stopping")
     pre.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -35,9 +41,11 @@ def run_preprocess(args: argparse.Namespace) -> int:
 
     tokenizer = load_tokenizer(_tokenizer_spec(args.tokenizer))
     report = preprocess(args.input, args.output_prefix, tokenizer, json_key=args.json_key,
-                        append_eod=args.append_eod, workers=max(args.workers, 1), skip_bad=args.skip_bad,
+                        append_eod=args.append_eod, context_key=args.context_key, ends_key=args.ends_key,
+                        workers=max(args.workers, 1), skip_bad=args.skip_bad,
                         progress=not args.no_progress)
-    print(f"{report.documents} documents, {report.tokens} tokens -> {report.output_prefix}.bin/.idx"
+    masked = f" ({report.loss_tokens} carry loss)" if report.loss_tokens != report.tokens else ""
+    print(f"{report.documents} documents, {report.tokens} tokens{masked} -> {report.output_prefix}.bin/.idx"
           + (f"; skipped {len(report.skipped)} bad lines (see {report.output_prefix}.report.json)"
              if report.skipped else "")
           + (f"; {report.empty_documents} records with empty text gave no tokens and were not written"

@@ -9,6 +9,9 @@ fixed by the seed. Index files (document/sample/shuffle ``.npy``) are cached in
 The sample order is the data position: global step ``s`` uses samples
 ``[s * global_batch, (s + 1) * global_batch)`` of the train split, whatever the layout,
 so a resumed run (on any layout) reads exactly the samples it would have read.
+
+A prefix with a companion loss mask (``P.loss_mask.bin/.idx``, see ``data.loss_mask``)
+gets it applied to its samples' ``loss_mask``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from megatron_detox.data.loss_mask import LossMaskedGPTDataset
 from megatron_detox.data.megatron_core import (
     BlendedMegatronDatasetBuilder,
     GPTDataset,
@@ -116,7 +120,7 @@ def build_gpt_datasets(
                                 cache_dir=cache_dir)
     _drop_unrequested_splits(config, num_samples)
     _check_requested_splits(blend, config, num_samples, split)
-    builder = BlendedMegatronDatasetBuilder(GPTDataset, list(num_samples), lambda: True, config)
+    builder = BlendedMegatronDatasetBuilder(LossMaskedGPTDataset, list(num_samples), lambda: True, config)
     try:
         with _process_group_for_megatron_core():
             return list(builder.build())

@@ -19,7 +19,7 @@ GENERATIONS = "generations.jsonl"
 SCORED = "scored.jsonl"
 KEPT = "kept.jsonl"
 CORPUS_PREFIX = "corpus"
-DOCUMENTS = "documents.jsonl"  # prompted + train_on_prompt: prompt + continuation per kept record
+DOCUMENTS = "documents.jsonl"  # a generated corpus's training documents (context, text, ends)
 SCORE_CACHE = "scores.sqlite"  # beside the stage folders: survives a rerun of the score stage
 
 
@@ -162,23 +162,33 @@ def run_filter(ctx: RunContext, upstream: list[Path]) -> StageResult:
 
 
 def preprocess_settings(ctx: RunContext) -> dict[str, Any]:
-    return {"tokenizer": ctx.cfg.data.tokenizer, "model_tokenizer": ctx.cfg.model.tokenizer,
-            "text_key": text_key(ctx), "with_prompt": _with_prompt(ctx)}
+    settings = {"tokenizer": ctx.cfg.data.tokenizer, "model_tokenizer": ctx.cfg.model.tokenizer,
+                "text_key": text_key(ctx)}
+    if ctx.cfg.sgeat.mode == "prompted":
+        settings["prompt_tokens"] = ctx.cfg.sgeat.prompt_tokens
+    return settings
 
 
-def _with_prompt(ctx: RunContext) -> bool:
-    return ctx.cfg.sgeat.mode == "prompted" and ctx.cfg.sgeat.train_on_prompt
+def _training_documents(ctx: RunContext, kept: Path, out: Path) -> Path:
+    """A generated corpus as training documents: ``context`` (no loss), ``text``, ``ends``.
 
-
-def _documents_with_prompt(kept: Path, out: Path) -> Path:
-    """prompted + ``sgeat.train_on_prompt``: each kept record as one document, prompt then continuation."""
+    ``ends`` is false for a sample cut at ``generate.max_new_tokens``: it did not end, so its
+    end-of-document token carries no loss (else the model learns to stop at that length).
+    In prompted mode ``sgeat.prompt_tokens`` places the prompt: the context (``context``), the
+    trained text (``train``) or nowhere (``drop``).
+    """
     from megatron_detox.atomic import atomic_output
     from megatron_detox.scoring.records import dump_record
 
+    placement = ctx.cfg.sgeat.prompt_tokens if ctx.cfg.sgeat.mode == "prompted" else "drop"
     path = out / DOCUMENTS
     with atomic_output(path) as handle:
         for _, record in iter_jsonl(kept):
-            handle.write(dump_record({"id": record["id"], "text": record["prompt"] + record["text"]}))
+            prompt, text = record["prompt"], record["text"]
+            context = prompt if placement == "context" else ""
+            text = prompt + text if placement == "train" else text
+            handle.write(dump_record({"id": record["id"], "context": context, "text": text,
+                                      "ends": record["finish_reason"] != "length"}))
     return path
 
 
@@ -198,15 +208,23 @@ def corpus_tokenizer(ctx: RunContext) -> Any:
 
 def run_preprocess(ctx: RunContext, upstream: list[Path]) -> StageResult:
     from megatron_detox.data import preprocess
+    from megatron_detox.data.loss_mask import loss_mask_prefix
 
     out = ctx.stage_dir("preprocess")
     tokenizer = corpus_tokenizer(ctx)
-    source = _documents_with_prompt(upstream[0], out) if _with_prompt(ctx) else upstream[0]
-    report = preprocess(source, out / CORPUS_PREFIX, tokenizer, json_key=text_key(ctx), append_eod=True,
-                        workers=max(ctx.cfg.data.num_workers, 1), progress=ctx.progress)
     prefix = out / CORPUS_PREFIX
-    return StageResult({f"preprocess/{CORPUS_PREFIX}.bin": Path(f"{prefix}.bin"),
-                        f"preprocess/{CORPUS_PREFIX}.idx": Path(f"{prefix}.idx")},
-                       {"documents": report.documents, "tokens": report.tokens},
-                       f"{report.documents} documents, {report.tokens} tokens -> {prefix}.bin/.idx")
-
+    if ctx.cfg.sgeat.mode == "dapt":
+        report = preprocess(upstream[0], prefix, tokenizer, json_key=text_key(ctx), append_eod=True,
+                            workers=max(ctx.cfg.data.num_workers, 1), progress=ctx.progress)
+    else:
+        report = preprocess(_training_documents(ctx, upstream[0], out), prefix, tokenizer, json_key="text",
+                            append_eod=True, context_key="context", ends_key="ends",
+                            workers=max(ctx.cfg.data.num_workers, 1), progress=ctx.progress)
+    outputs = {f"preprocess/{CORPUS_PREFIX}{suffix}": Path(f"{prefix}{suffix}") for suffix in (".bin", ".idx")}
+    mask = loss_mask_prefix(prefix)
+    if Path(mask + ".idx").is_file():
+        outputs.update({f"preprocess/{Path(mask).name}{suffix}": Path(mask + suffix) for suffix in (".bin", ".idx")})
+    return StageResult(outputs, {"documents": report.documents, "tokens": report.tokens,
+                                 "loss_tokens": report.loss_tokens},
+                       f"{report.documents} documents, {report.tokens} tokens ({report.loss_tokens} carry loss) "
+                       f"-> {prefix}.bin/.idx")

@@ -22,12 +22,12 @@ def test_a_full_disk_mid_preprocess_leaves_no_partial_dataset(tmp_path: Path, co
     real_add = preprocess_module._add_document
     added = []
 
-    def add_until_full(builder, ids, dtype, report):  # type: ignore[no-untyped-def]
+    def add_until_full(outputs, document, report):  # type: ignore[no-untyped-def]
         if len(added) == 50:  # the disk fills while .bin grows
-            builder.data_file.flush()
+            outputs[0].builder.data_file.flush()
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         added.append(1)
-        real_add(builder, ids, dtype, report)
+        real_add(outputs, document, report)
 
     monkeypatch.setattr(preprocess_module, "_add_document", add_until_full)
     with pytest.raises(DiskFull, match=rf"^{tmp_path / 'wiki'}.bin: no space left on device \(.* free on "):

@@ -82,26 +82,34 @@ def test_prompted_mode_samples_each_prompt_repeat_times(tiny_pretrained: Path, t
     assert [r["prompt"] for r in records] == ["The cat", "The cat", "A fox", "A fox"]
 
 
-def test_prompted_mode_trains_on_prompt_and_kept_continuation(tiny_pretrained: Path, tmp_path: Path) -> None:
+def test_prompted_mode_places_the_prompt_as_sgeat_prompt_tokens_says(tiny_pretrained: Path, tmp_path: Path) -> None:
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": {"text": t}}) + "\n" for t in ("The cat", "A fox", "Paris")))
     work = tmp_path / "run"
     args = ["sgeat", "run", str(CI_CONFIG), *tiny_overrides(tiny_pretrained, work), "--no-progress",
             "sgeat.mode=prompted", f"generate.prompts={prompts}", "generate.repeat=2", "--until-stage", "preprocess"]
-    documents = work / "preprocess" / "documents.jsonl"
-    tokens = {}
-    for with_prompt in (True, False):  # the second run reuses generate/score/filter and redoes preprocess
-        assert main([*args, f"sgeat.train_on_prompt={str(with_prompt).lower()}"]) == 0
+    documents, mask = work / "preprocess" / "documents.jsonl", work / "preprocess" / "corpus.loss_mask.idx"
+    counts = {}
+    for placement in ("context", "train", "drop"):  # later runs reuse generate/score/filter and redo preprocess
+        assert main([*args, f"sgeat.prompt_tokens={placement}"]) == 0
         kept = [r for _, r in iter_jsonl(work / "filter" / "kept.jsonl")]
         assert len(kept) == 3
-        if with_prompt:
-            assert [r["text"] for _, r in iter_jsonl(documents)] == [r["prompt"] + r["text"] for r in kept]
+        docs = [r for _, r in iter_jsonl(documents)]
+        assert [d["ends"] for d in docs] == [r["finish_reason"] != "length" for r in kept]
+        if placement == "context":
+            assert [(d["context"], d["text"]) for d in docs] == [(r["prompt"], r["text"]) for r in kept]
+        elif placement == "train":
+            assert [(d["context"], d["text"]) for d in docs] == [("", r["prompt"] + r["text"]) for r in kept]
         else:
-            assert not documents.exists()
-        counts = json.loads((work / "manifest.json").read_text())["stages"]["preprocess"]["counts"]
-        assert counts["documents"] == 3
-        tokens[with_prompt] = counts["tokens"]
-    assert tokens[True] > tokens[False]
+            assert [(d["context"], d["text"]) for d in docs] == [("", r["text"]) for r in kept]
+        assert mask.is_file()
+        stage = json.loads((work / "manifest.json").read_text())["stages"]["preprocess"]
+        assert "preprocess/corpus.loss_mask.bin" in stage["outputs"]  # a changed mask reruns training
+        counts[placement] = stage["counts"]
+        assert counts[placement]["documents"] == 3
+    # The prompt is in the document either way, but only "train" puts it in the loss.
+    assert counts["context"]["tokens"] == counts["train"]["tokens"] > counts["drop"]["tokens"]
+    assert counts["context"]["loss_tokens"] == counts["drop"]["loss_tokens"] < counts["train"]["loss_tokens"]
 
 
 def test_dapt_mode_filters_the_given_corpus_without_generating(tiny_pretrained: Path, tmp_path: Path,
