@@ -31,8 +31,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                                   description="EMT/TP with CIs and perplexity of the base model and each run's "
                                               "detoxified model, and the paired EMT changes (e.g. SGEAT vs DAPT).")
     compare.add_argument("run_dirs", nargs="+", help="sgeat.work_dir of each run (same base evaluation)")
-    compare.add_argument("--bootstrap-samples", type=int, default=1000)
-    compare.add_argument("--bootstrap-seed", type=int, default=0)
+    compare.add_argument("--bootstrap-samples", type=int, default=None,
+                         help="bootstrap resamples (default: the runs' eval.bootstrap_samples)")
+    compare.add_argument("--bootstrap-seed", type=int, default=None,
+                         help="bootstrap seed (default: the runs' eval.bootstrap_seed)")
     compare.set_defaults(func=run_compare)
 
 

@@ -29,11 +29,16 @@ def _label(run: Path) -> str:
     return f"{run.name} ({mode})"
 
 
-def compare_table(runs: list[Path], num_bootstrap: int, seed: int) -> str:
+def compare_table(runs: list[Path], num_bootstrap: int | None = None, seed: int | None = None) -> str:
+    """None: the runs' own ``eval.bootstrap_samples`` / ``eval.bootstrap_seed`` (equal, as their bases are)."""
     for run in runs:
         require_run_dir(run)
     base = _evaluated(runs[0], "base")
-    base_key = read_json(base / KEY_FILE).get("key")
+    marker = read_json(base / KEY_FILE)
+    base_key = marker.get("key")
+    evaluated_with = marker.get("settings", {}).get("eval", {})
+    num_bootstrap = evaluated_with.get("bootstrap_samples", 1000) if num_bootstrap is None else num_bootstrap
+    seed = evaluated_with.get("bootstrap_seed", 0) if seed is None else seed
     for run in runs[1:]:
         other = _evaluated(run, "base")
         if read_json(other / KEY_FILE).get("key") != base_key:

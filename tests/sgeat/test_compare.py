@@ -35,6 +35,10 @@ def test_compare_sgeat_and_dapt_against_one_base(tiny_pretrained: Path, tmp_path
     rows = [line for line in out.splitlines() if line.startswith("| sgeat (standard) - ")]
     assert [r.split(" | ")[0] for r in rows] == ["| sgeat (standard) - base", "| sgeat (standard) - dapt (dapt)"]
     assert "| dapt (dapt) - base |" in out
+    # The bootstrap follows the runs' own eval settings, so the paired CI is the run's report's.
+    report_rows = (sgeat / "report" / "summary.md").read_text().splitlines()
+    toxic_change = next(r for r in report_rows if r.startswith("| EMT, toxic prompts")).split(" | ")[-1].rstrip(" |")
+    assert rows[0].split(" | ")[1] == toxic_change
 
     # A run whose base model was evaluated with other settings cannot share the base column.
     assert main(["sgeat", "run", str(CI_CONFIG), *tiny_overrides(tiny_pretrained, other), "--no-progress",
