@@ -203,13 +203,13 @@ def preprocess(
     prefix = str(output_prefix)
     if not source.is_file():
         raise UserError(f"{source}: input file not found")
-    if (context_key is not None or ends_key is not None) and not is_jsonl(source):
+    encoder = _Encoder(tokenizer, json_key if is_jsonl(source) else None, append_eod, context_key, ends_key)
+    if encoder.masked and encoder.json_key is None:
         raise UserError(f"{source}: a context key or an ends key needs JSONL input (.jsonl/.json)")
     if ends_key is not None and not append_eod:
         raise UserError("preprocess: an ends key decides the loss of the end-of-document token; "
                         "it needs the end-of-document token appended")
     Path(prefix).parent.mkdir(parents=True, exist_ok=True)
-    encoder = _Encoder(tokenizer, json_key if is_jsonl(source) else None, append_eod, context_key, ends_key)
     report = PreprocessReport(input=str(source), output_prefix=prefix)
     outputs = [_StagedDataset(prefix, optimal_dtype(tokenizer.vocab_size))]
     if encoder.masked:

@@ -213,13 +213,11 @@ def run_preprocess(ctx: RunContext, upstream: list[Path]) -> StageResult:
     out = ctx.stage_dir("preprocess")
     tokenizer = corpus_tokenizer(ctx)
     prefix = out / CORPUS_PREFIX
-    if ctx.cfg.sgeat.mode == "dapt":
-        report = preprocess(upstream[0], prefix, tokenizer, json_key=text_key(ctx), append_eod=True,
-                            workers=max(ctx.cfg.data.num_workers, 1), progress=ctx.progress)
-    else:
-        report = preprocess(_training_documents(ctx, upstream[0], out), prefix, tokenizer, json_key="text",
-                            append_eod=True, context_key="context", ends_key="ends",
-                            workers=max(ctx.cfg.data.num_workers, 1), progress=ctx.progress)
+    dapt = ctx.cfg.sgeat.mode == "dapt"  # the user's corpus as it is; a generated one as training documents
+    source = upstream[0] if dapt else _training_documents(ctx, upstream[0], out)
+    report = preprocess(source, prefix, tokenizer, json_key=text_key(ctx), append_eod=True,
+                        context_key=None if dapt else "context", ends_key=None if dapt else "ends",
+                        workers=max(ctx.cfg.data.num_workers, 1), progress=ctx.progress)
     outputs = {f"preprocess/{CORPUS_PREFIX}{suffix}": Path(f"{prefix}{suffix}") for suffix in (".bin", ".idx")}
     mask = loss_mask_prefix(prefix)
     if Path(mask + ".idx").is_file():
