@@ -12,6 +12,11 @@ exactly batch x 64 tokens, same thread count.
   each until its longest sample ends. Both report *useful* tokens/s: tokens of finished
   samples, EOS excluded.
 
+At more than one thread ours decodes as ``megatron-detox generate`` does by default: in one
+forked one-thread process per thread (``generate.cpu_workers``), the batch shared out
+among them (``--cpu-workers 1``: one process on every thread, the ablation). The
+reference is one process at the same thread count.
+
 Runs alternate (ours, HF, ours, HF, ...)
 and the best time of each is kept, so noise from a shared machine hurts both alike;
 process CPU time is reported next to wall time for the same reason.
@@ -36,19 +41,44 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 from megatron_detox.generate.cpu_linears import CpuDecodeLinears
+from megatron_detox.generate.cpu_workers import resolve_cpu_workers, run_in_workers
 from megatron_detox.generate.engine import GenerationCache, decode_one_token, generate_batch, generate_stream
 from megatron_detox.generate.projection import VocabProjection
 from megatron_detox.generate.sampling import SamplingParams
-from megatron_detox.generate.stage import use_cpu_decode_linears
+from megatron_detox.generate.stage import decode_linears, use_cpu_decode_linears
 from megatron_detox.models.loading import load_model
 from megatron_detox.plan.hardware import measure_cpu_device
 
 REPO = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
+
+
+def shared_out(workers: int, model: torch.nn.Module, step: Callable[..., torch.Tensor],
+               share: Callable[[int], T]) -> list[T]:
+    """``share(w)`` for every worker: in this process (its decode linears entered once per run,
+    outside the timings) or, as the generation stage does, in forked one-thread processes
+    that each set up their own (inside the timings)."""
+    if workers == 1:
+        return [share(0)]
+
+    def in_worker(w: int) -> T:
+        with decode_linears(model, step):
+            return share(w)
+
+    return run_in_workers(workers, in_worker)
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished (joined) worker processes."""
+    times = os.times()
+    return time.process_time() + times.children_user + times.children_system
 
 
 def build_hf(model: torch.nn.Module, cfg) -> torch.nn.Module:  # type: ignore[no-untyped-def]
@@ -108,6 +138,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="torch.compile our decode step")
     parser.add_argument("--prompts", choices=("text", "random"), default="text")
+    parser.add_argument("--cpu-workers", type=int, default=0,
+                        help="ours in N one-thread processes (0: one per thread, as generate; 1: one process)")
     parser.add_argument("--torch-gemm", action="store_true",
                         help="keep torch's GEMMs for our decode steps (no CpuDecodeLinears): the ablation")
     parser.add_argument("--data", default=os.environ.get("MEGATRON_DETOX_DATA", str(REPO.parent / "shared" / "data")))
@@ -128,15 +160,22 @@ def main() -> None:
     step = torch.compile(decode_one_token, dynamic=True) if args.compile else decode_one_token
     projection = VocabProjection(model.output)  # as the generation stage: packed once per run
     setup = time.perf_counter()
+    workers = resolve_cpu_workers(args.cpu_workers, torch.device("cpu"), single_process=True,
+                                  eager=step is decode_one_token and not args.torch_gemm, num_items=args.batch_size)
     fast = not args.torch_gemm and use_cpu_decode_linears(model, step)
     linears = CpuDecodeLinears(model, exclude=(model.output,)).__enter__() if fast else None  # as the stage: per run
-    print(f"cpu_decode_linears={fast} (setup {time.perf_counter() - setup:.2f} s, once per run)")
+    print(f"cpu_decode_linears={fast or workers > 1} cpu_workers={workers} "
+          f"(setup {time.perf_counter() - setup:.2f} s, once per run)")
+
+    def share(w: int) -> int:
+        ids = list(range(w, args.batch_size, workers))
+        out = generate_batch(model, prompts[ids].tolist(), ids, params, max_new_tokens=args.new_tokens,
+                             vocab_size=cfg.vocab_size, head_dim=cfg.head_dim, seed=1, decode_step=step,
+                             projection=projection)
+        return sum(len(g.tokens) for g in out)
 
     def ours() -> int:
-        out = generate_batch(model, prompts.tolist(), list(range(args.batch_size)), params,
-                             max_new_tokens=args.new_tokens, vocab_size=cfg.vocab_size,
-                             head_dim=cfg.head_dim, seed=1, decode_step=step, projection=projection)
-        return sum(len(g.tokens) for g in out)
+        return sum(shared_out(workers, model, step, share))
 
     def theirs() -> int:
         with torch.inference_mode():
@@ -152,10 +191,10 @@ def main() -> None:
     tokens = {}
     for _ in range(args.repeats):
         for name, fn in (("ours", ours), ("transformers", theirs)):
-            start, start_cpu = time.perf_counter(), time.process_time()
+            start, start_cpu = time.perf_counter(), cpu_seconds()
             tokens[name] = fn()
             best[name] = min(best[name], time.perf_counter() - start)
-            best_cpu[name] = min(best_cpu[name], time.process_time() - start_cpu)
+            best_cpu[name] = min(best_cpu[name], cpu_seconds() - start_cpu)
     rate = {name: tokens[name] / best[name] for name in best}
     for name in best:
         print(f"{name}: {tokens[name]} tokens in {best[name]:.2f} s wall ({best_cpu[name]:.2f} s CPU) = "
@@ -168,6 +207,7 @@ def main() -> None:
     mean_len = args.prompt_len + args.new_tokens / 2
     step_bytes = weight_bytes + kv_per_slot * mean_len
     step_time = best["ours"] / args.new_tokens  # prefill included: an upper bound on step time
+    step_bytes *= workers  # each worker reads every weight and its rows' cache per step
     bandwidth = copy_bandwidth()
     fraction = step_bytes / step_time / bandwidth
     print(f"threads={args.threads} weights={weight_bytes / 2**20:.0f} MiB kv/step={kv_per_slot * mean_len / 2**20:.1f} MiB "
@@ -191,19 +231,26 @@ def sgeat_shape(args: argparse.Namespace) -> None:
     stops = sorted({tokenizer.eod} | ({cfg.eos_token_id} if cfg.eos_token_id is not None else set()))
     params = SamplingParams(temperature=1.0, top_p=0.9)
     projection = VocabProjection(model.output)
+    workers = resolve_cpu_workers(args.cpu_workers, torch.device("cpu"), single_process=True, eager=True,
+                                  num_items=samples)
+    rows = -(-args.batch_size // workers)  # the stage's share of the batch per worker
     fast = use_cpu_decode_linears(model, decode_one_token)
     linears = CpuDecodeLinears(model, exclude=(model.output,)).__enter__() if fast else None
     print(f"shape=sgeat samples={samples} batch={args.batch_size} max_new_tokens={new_tokens} stops={stops} "
-          f"cpu_decode_linears={fast}")
+          f"cpu_decode_linears={fast or workers > 1} cpu_workers={workers} rows_per_worker={rows}")
 
     lengths: list[int] = []  # useful tokens of each of our samples (last run)
 
     def ours(seed: int) -> tuple[int, int]:
-        done = list(generate_stream(model, [(i, [bos]) for i in range(samples)], params, batch_size=args.batch_size,
-                                    max_new_tokens=new_tokens, vocab_size=cfg.vocab_size, head_dim=cfg.head_dim,
-                                    stop_ids=stops, seed=seed, projection=projection))
-        lengths[:] = [len(g.tokens) for g in done]
-        return sum(lengths), sum(g.finish_reason == "eos" for g in done)
+        def share(w: int) -> list[tuple[int, str]]:
+            done = generate_stream(model, [(i, [bos]) for i in range(w, samples, workers)], params, batch_size=rows,
+                                   max_new_tokens=new_tokens, vocab_size=cfg.vocab_size, head_dim=cfg.head_dim,
+                                   stop_ids=stops, seed=seed, projection=projection)
+            return [(len(g.tokens), g.finish_reason) for g in done]
+
+        done = [g for part in shared_out(workers, model, decode_one_token, share) for g in part]
+        lengths[:] = [n for n, _ in done]
+        return sum(lengths), sum(reason == "eos" for _, reason in done)
 
     def theirs(seed: int) -> tuple[int, int]:
         torch.manual_seed(seed)
@@ -224,14 +271,14 @@ def sgeat_shape(args: argparse.Namespace) -> None:
     best = {"ours": 0.0, "transformers": 0.0}
     for repeat in range(args.repeats):
         for name, fn in (("ours", ours), ("transformers", theirs)):
-            start, start_cpu = time.perf_counter(), time.process_time()
+            start, start_cpu = time.perf_counter(), cpu_seconds()
             useful, eos = fn(repeat)
-            wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+            wall, cpu = time.perf_counter() - start, cpu_seconds() - start_cpu
             rate = useful / wall
             best[name] = max(best[name], rate)
             print(f"{name}: {useful} useful tokens ({eos}/{samples} samples ended at EOS) in {wall:.1f} s wall "
                   f"({cpu:.1f} s CPU) = {rate:.1f} useful tokens/s")
-    print(sgeat_roofline(model, cfg, args.batch_size, lengths, best["ours"]))
+    print(sgeat_roofline(model, cfg, rows, lengths, best["ours"]))
     if linears is not None:
         linears.__exit__(None, None, None)
     print(f"ratio={best['ours'] / best['transformers']:.3f}")
@@ -241,7 +288,8 @@ def sgeat_roofline(model: torch.nn.Module, cfg, batch_size: int, lengths: list[i
                    rate: float) -> str:
     """Our useful tokens/s as a fraction of the memory and of the compute roofline.
 
-    A useful token of a full batch needs 1/batch of one read of every weight plus a read
+    A useful token of a full batch (``batch_size``: the rows of one process's step) needs
+    1/batch of one read of every weight plus a read
     of its own sample's cached keys/values (the BOS and every token before it), and
     2 FLOPs per linear weight plus 4 per cached slot and attention channel. The roofs are
     this machine's measured copy bandwidth and fp32 matmul rate at the run's thread

@@ -163,6 +163,9 @@ class GenerateConfig:
     batch size or layout."""
     batch_size: int = 32
     """Samples decoded together (memory permitting); does not change the text."""
+    cpu_workers: int = 0
+    """A single-process run on CPU decodes in this many forked processes, the threads and the batch
+    shared out among them (0: one per CPU thread; 1: in this process). Does not change the text."""
     num_samples: int = 0
     """``sgeat.mode: standard``: unconditional samples to write (the paper: 100000)."""
     prompts: str | None = None
@@ -217,6 +220,8 @@ class EvalConfig:
     temperature: float = 1.0
     seed: int = 1234
     batch_size: int = 8
+    cpu_workers: int = 0
+    """As ``generate.cpu_workers``, for the continuations."""
     bootstrap_samples: int = 1000
     bootstrap_seed: int = 0
     threshold_inclusive: bool = True
@@ -522,8 +527,9 @@ def _validate_generate_eval(cfg: RunConfig) -> None:
     for name in ("max_new_tokens", "batch_size", "repeat"):
         if getattr(g, name) < 1:
             raise ConfigError(f"generate.{name}={getattr(g, name)}: must be >= 1")
-    if min(g.num_samples, g.top_k, g.num_prompts) < 0:
-        raise ConfigError("generate.num_samples, generate.top_k and generate.num_prompts must be >= 0")
+    if min(g.num_samples, g.top_k, g.num_prompts, g.cpu_workers) < 0:
+        raise ConfigError("generate.num_samples, generate.top_k, generate.num_prompts and generate.cpu_workers "
+                          "must be >= 0")
     s = cfg.score
     if s.qps <= 0 or s.workers < 1:
         raise ConfigError(f"score.qps={s.qps}, score.workers={s.workers}: need qps > 0 and workers >= 1")
@@ -531,8 +537,9 @@ def _validate_generate_eval(cfg: RunConfig) -> None:
     for name in ("samples", "max_new_tokens", "batch_size", "perplexity_window"):
         if getattr(e, name) < 1:
             raise ConfigError(f"eval.{name}={getattr(e, name)}: must be >= 1")
-    if min(e.num_prompts, e.bootstrap_samples, e.perplexity_max_tokens) < 0:
-        raise ConfigError("eval.num_prompts, eval.bootstrap_samples and eval.perplexity_max_tokens must be >= 0")
+    if min(e.num_prompts, e.bootstrap_samples, e.perplexity_max_tokens, e.cpu_workers) < 0:
+        raise ConfigError("eval.num_prompts, eval.bootstrap_samples, eval.perplexity_max_tokens and "
+                          "eval.cpu_workers must be >= 0")
     if not 0.0 < e.top_p <= 1.0 or e.temperature <= 0.0:
         raise ConfigError(f"eval.top_p={e.top_p}, eval.temperature={e.temperature}: need top_p in (0, 1] and "
                           "temperature > 0")

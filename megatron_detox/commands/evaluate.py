@@ -69,11 +69,14 @@ def _add_sampling(parser: argparse.ArgumentParser, samples: int | None) -> None:
                        help=f"[{_EVAL.temperature}]")
     group.add_argument("--seed", type=int, default=_EVAL.seed if fixed else None,
                        help=f"sampling seed (per-sample generators) [{_EVAL.seed}]")
+    group.add_argument("--cpu-workers", type=int, default=_EVAL.cpu_workers if fixed else None,
+                       help="on CPU without torchrun: decode in N forked processes (0: one per thread, 1: none) "
+                            f"[{_EVAL.cpu_workers}]")
 
 
 TOXICITY_OPTIONS = {"samples": "eval.samples", "max_new_tokens": "eval.max_new_tokens", "top_p": "eval.top_p",
                     "temperature": "eval.temperature", "seed": "eval.seed", "batch_size": "eval.batch_size",
-                    "bootstrap": "eval.bootstrap_samples", "bootstrap_seed": "eval.bootstrap_seed"}
+                    "cpu_workers": "eval.cpu_workers", "bootstrap": "eval.bootstrap_samples", "bootstrap_seed": "eval.bootstrap_seed"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -218,7 +221,7 @@ def _generate_fn(args: argparse.Namespace, load: Any) -> Any:
 
     return build_generate_fn(load, model_name=model_name(args), samples=args.samples,
                              max_new_tokens=args.max_new_tokens, top_p=args.top_p, temperature=args.temperature,
-                             seed=args.seed, batch_size=args.batch_size,
+                             seed=args.seed, batch_size=args.batch_size, cpu_workers=args.cpu_workers,
                              progress=not getattr(args, "no_progress", False))
 
 

@@ -54,6 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--greedy", action="store_true", default=None)
     parser.add_argument("--seed", type=int, help=f"[{_DEFAULTS.seed}]")
     parser.add_argument("--batch-size", type=int, help=f"[{_DEFAULTS.batch_size}]")
+    parser.add_argument("--cpu-workers", type=int,
+                        help="on CPU without torchrun: decode in N forked processes, threads and batch shared out "
+                             f"(0: one per thread, 1: none) [{_DEFAULTS.cpu_workers}]")
     parser.add_argument("--ignore-eos", action="store_true", default=None,
                         help="always generate --max-new-tokens tokens")
     add_config_option(parser, "generate")
@@ -69,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 GENERATE_OPTIONS = {name: f"generate.{name}" for name in (
     "max_new_tokens", "temperature", "top_p", "top_k", "greedy", "seed", "batch_size", "prompt_key", "repeat",
-    "ignore_eos", "num_prompts")}
+    "ignore_eos", "num_prompts", "cpu_workers")}
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -79,8 +82,9 @@ def _check_args(args: argparse.Namespace) -> None:
     for name in ("max_new_tokens", "batch_size", "repeat"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')}={getattr(args, name)}: must be >= 1")
-    if args.num_prompts < 0:
-        raise UserError(f"--num-prompts={args.num_prompts}: must be >= 0")
+    for name in ("num_prompts", "cpu_workers"):
+        if getattr(args, name) < 0:
+            raise UserError(f"--{name.replace('_', '-')}={getattr(args, name)}: must be >= 0")
     if args.unconditional is not None and args.unconditional < 1:
         raise UserError(f"--unconditional={args.unconditional}: must be >= 1")
     if not args.greedy and args.temperature <= 0:
@@ -167,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
                                   batch_size=args.batch_size, dp_rank=layout.dp_rank, dp_size=layout.dp_size,
                                   writer_rank=layout.writer_rank, merger_rank=layout.merger_rank,
                                   barrier=loaded.barrier, agree_batch_size=loaded.agree_batch_size,
-                                  decode_step=step, progress=not args.no_progress)
+                                  decode_step=step, progress=not args.no_progress, cpu_workers=args.cpu_workers)
     if merged is not None:
         print(f"generate: wrote {len(items)} samples to {merged}", file=sys.stderr)
     return 0

@@ -44,6 +44,7 @@ def build_generate_fn(
     temperature: float,
     seed: int,
     batch_size: int,
+    cpu_workers: int = 0,
     progress: bool = True,
 ) -> GenerateFn:
     """A ``GenerateFn`` running ``megatron_detox.generate.run_generation_stage``.
@@ -86,7 +87,7 @@ def build_generate_fn(
         spec = GenerationSpec.for_model(params, tokenizer, cfg, max_new_tokens=max_new_tokens, seed=seed,
                                         stop_ids=default_stop_ids(tokenizer, cfg))
         merged = run_generation_stage(model, tokenizer, prompt_items(list(texts), samples), work_dir, spec,
-                                      settings=settings, batch_size=batch_size,
+                                      settings=settings, batch_size=batch_size, cpu_workers=cpu_workers,
                                       progress=progress and parallel.get("merger_rank", True), **parallel)
         return work_dir / "generations.jsonl" if merged is None else Path(merged)  # None: not the merging rank
 

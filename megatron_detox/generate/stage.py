@@ -23,6 +23,7 @@ from tqdm import tqdm
 from megatron_detox.atomic import write_json_atomic
 from megatron_detox.errors import UserError
 from megatron_detox.generate.cpu_linears import CpuDecodeLinears
+from megatron_detox.generate.cpu_workers import resolve_cpu_workers, run_in_workers
 from megatron_detox.generate.engine import decode_one_token, generate_batch, generate_stream, kv_cache_bytes
 from megatron_detox.generate.projection import VocabProjection
 from megatron_detox.generate.prompts import WorkItem
@@ -111,6 +112,14 @@ def use_cpu_decode_linears(model: Transformer, decode_step: Callable[..., Tensor
     return free is not None and free > 2 * weights
 
 
+def decode_linears(model: Transformer, decode_step: Callable[..., Tensor]) -> contextlib.AbstractContextManager[Any]:
+    """What a run holds for its decode steps: :class:`CpuDecodeLinears` where
+    :func:`use_cpu_decode_linears` says so, else nothing."""
+    if use_cpu_decode_linears(model, decode_step):
+        return CpuDecodeLinears(model, exclude=(model.output,))
+    return contextlib.nullcontext()
+
+
 def fit_batch_size(model: Transformer, head_dim: int, batch_size: int, max_len: int,
                    budget_bytes: int | None) -> int:
     """The largest batch <= ``batch_size`` whose KV cache fits ``budget_bytes``."""
@@ -152,6 +161,7 @@ def run_generation_stage(
     memory_budget_bytes: int | None = None,
     progress: bool = True,
     agree_batch_size: Callable[[int], int] | None = None,
+    cpu_workers: int = 0,
 ) -> Path | None:
     """Generate every item not yet in ``out_dir``; rank 0 merges. Returns the merged file on rank 0.
 
@@ -162,6 +172,10 @@ def run_generation_stage(
     synchronizes all ranks (None for a single process). ``agree_batch_size`` (a collective
     minimum over all ranks, see ``generate.parallel.min_over_ranks``) makes the ranks that
     run one forward together use one batch size, whatever memory each one has.
+
+    ``cpu_workers`` (see ``generate.cpu_workers.resolve_cpu_workers``; 0: one per CPU
+    thread) splits a single-process CPU run over forked one-thread processes, each a
+    data-parallel rank with its share of the batch; the text of an id does not change.
     """
     out = Path(out_dir)
     if writer_rank:
@@ -200,49 +214,73 @@ def run_generation_stage(
         raise refused or UserError("--max-new-tokens: another rank has no memory for the KV cache of one sample; "
                                    "generate fewer tokens")
     fitted = min(fitted, max(len(mine), 1))
-    progress = progress and writer_rank
+    workers = resolve_cpu_workers(cpu_workers, device, single_process=dp_size == 1 and barrier is None,
+                                  eager=decode_step is decode_one_token, num_items=len(mine))
+    per_worker = -(-fitted // workers)
     if writer_rank and mine:  # the cache size is reported up front, progress bar or not
+        layout = (f"batch {fitted}" if workers == 1 else
+                  f"{workers} processes of {max(1, torch.get_num_threads() // workers)} thread(s) x batch {per_worker}")
         print(f"generate: rank {dp_rank}: {len(mine)} samples to do ({len(done)} already done); KV cache "
-              f"{kv_cache_bytes(model, spec.head_dim, fitted, longest) / 2**20:.1f} MiB for batch {fitted} x "
+              f"{kv_cache_bytes(model, spec.head_dim, fitted, longest) / 2**20:.1f} MiB for {layout} x "
               f"{longest} tokens" + (f" (--batch-size {batch_size} split to fit memory)" if fitted < min(batch_size, len(mine)) else ""),
               file=sys.stderr)
-
-    writer = ShardWriter(shard_path(out, dp_rank)) if writer_rank else None
-    bar = tqdm(total=len(mine), unit="sample", disable=not progress, desc=f"generate rank {dp_rank}")
-    projection = VocabProjection(model.output)  # one prepacked output weight for every batch
-    fast_linears = (CpuDecodeLinears(model, exclude=(model.output,)) if use_cpu_decode_linears(model, decode_step)
-                    else contextlib.nullcontext())
-    items_by_id = {item.id: item for item in mine}
-    sink = _RecordSink(writer, out, dp_rank, bar)
-    try:
-        with fast_linears:
-            # Continuous batching: a finished row takes the next sample at once. Finished
-            # samples are written (and fsynced) in groups of a batch.
-            for g in generate_stream(
-                model, [(item.id, encoded[item.id]) for item in mine], spec.params, batch_size=fitted,
-                max_new_tokens=spec.max_new_tokens, vocab_size=spec.vocab_size, head_dim=spec.head_dim,
-                stop_ids=spec.stop_ids, seed=spec.seed, decode_step=decode_step, projection=projection,
-            ):
-                item = items_by_id[g.sample_id]
-                sink.add({"id": item.id, "prompt_index": item.prompt_index, "sample_index": item.sample_index,
-                          "prompt": item.prompt, "text": tokenizer.decode(g.tokens), "num_tokens": len(g.tokens),
-                          "finish_reason": g.finish_reason},
-                         # Tokens actually computed: an EOS counts, it cost a step like any other token.
-                         len(g.tokens) + (g.finish_reason == "eos"))
-                if sink.size >= fitted:
-                    sink.flush()
-            sink.flush()
-    finally:
-        bar.close()
-        if writer is not None:
-            writer.close()
+    decode = _RankDecoder(model, tokenizer, spec, encoded, out, decode_step)
+    if workers == 1:
+        decode(mine, rank=dp_rank, batch_size=fitted, write=writer_rank, progress=progress and writer_rank)
+    else:  # worker w is DP rank w of this single-process run: its own ids, its own shard
+        run_in_workers(workers, lambda w: decode(mine[w::workers], rank=w, batch_size=per_worker, write=True,
+                                                 progress=progress and w == 0))
     if barrier is not None:
         barrier()
     if not merger_rank:
         return None
     merged = merge_shards(out, len(items))
-    write_manifest(out, settings, merged, dp_size)
+    write_manifest(out, settings, merged, dp_size * workers)
     return merged
+
+
+class _RankDecoder:
+    """The decode loop of one data-parallel rank: its items -> records appended to its shard."""
+
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, spec: GenerationSpec,
+                 encoded: dict[int, list[int]], out: Path, decode_step: Callable[..., Tensor]) -> None:
+        self.model, self.tokenizer, self.spec, self.encoded = model, tokenizer, spec, encoded
+        self.out, self.decode_step = out, decode_step
+
+    def __call__(self, items: Sequence[WorkItem], *, rank: int, batch_size: int, write: bool,
+                 progress: bool) -> int:
+        """Generate ``items``; returns the tokens computed."""
+        model, spec = self.model, self.spec
+        writer = ShardWriter(shard_path(self.out, rank)) if write else None
+        bar = tqdm(total=len(items), unit="sample", disable=not progress, desc=f"generate rank {rank}")
+        projection = VocabProjection(model.output)  # one prepacked output weight for every batch
+        fast_linears = decode_linears(model, self.decode_step)
+        items_by_id = {item.id: item for item in items}
+        sink = _RecordSink(writer, self.out, rank, bar)
+        try:
+            with fast_linears:
+                # Continuous batching: a finished row takes the next sample at once. Finished
+                # samples are written (and fsynced) in groups of a batch.
+                for g in generate_stream(
+                    model, [(item.id, self.encoded[item.id]) for item in items], spec.params,
+                    batch_size=batch_size, max_new_tokens=spec.max_new_tokens, vocab_size=spec.vocab_size,
+                    head_dim=spec.head_dim, stop_ids=spec.stop_ids, seed=spec.seed, decode_step=self.decode_step,
+                    projection=projection,
+                ):
+                    item = items_by_id[g.sample_id]
+                    sink.add({"id": item.id, "prompt_index": item.prompt_index, "sample_index": item.sample_index,
+                              "prompt": item.prompt, "text": self.tokenizer.decode(g.tokens),
+                              "num_tokens": len(g.tokens), "finish_reason": g.finish_reason},
+                             # Tokens actually computed: an EOS counts, it cost a step like any other token.
+                             len(g.tokens) + (g.finish_reason == "eos"))
+                    if sink.size >= batch_size:
+                        sink.flush()
+                sink.flush()
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+        return sink.total_tokens
 
 
 class _RecordSink:

@@ -76,7 +76,7 @@ def run_generate(ctx: RunContext, upstream: list[Path]) -> StageResult:
     run_generation_stage(model, tokenizer, items, out, spec, settings=settings, batch_size=g.batch_size,
                          dp_rank=layout.dp_rank, dp_size=layout.dp_size, writer_rank=layout.writer_rank,
                          merger_rank=layout.merger_rank, barrier=loaded.barrier, progress=ctx.progress,
-                         agree_batch_size=loaded.agree_batch_size)
+                         agree_batch_size=loaded.agree_batch_size, cpu_workers=g.cpu_workers)
     if not ctx.is_main:
         return StageResult({}, {}, "")
     counts = read_json(out / "manifest.json")["counts"]

@@ -127,7 +127,7 @@ def _toxicity(ctx: RunContext, prompts: list[Any], folder: Path, load: Any, mode
     e = ctx.cfg.eval
     generate = build_generate_fn(load, model_name=model_name, samples=e.samples, max_new_tokens=e.max_new_tokens,
                                  top_p=e.top_p, temperature=e.temperature, seed=e.seed, batch_size=e.batch_size,
-                                 progress=ctx.progress)
+                                 cpu_workers=e.cpu_workers, progress=ctx.progress)
     settings = {"model": model_name, "samples": e.samples, "max_new_tokens": e.max_new_tokens, "top_p": e.top_p,
                 "temperature": e.temperature, "seed": e.seed,
                 # by content: a run folder moved, or a base evaluation copied between runs, stays valid

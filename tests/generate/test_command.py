@@ -79,36 +79,43 @@ def _command(model: Path, out: Path) -> list[str]:
             "--no-progress"]
 
 
-def test_sigkill_and_rerun_is_exactly_once(tmp_path: Path, tiny_hf_folder: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+def _lines(folder: Path, pattern: str) -> list[bytes]:
+    return [line for path in sorted(folder.glob(pattern)) for line in path.read_bytes().splitlines(keepends=True)
+            if line.endswith(b"\n")]
+
+
+@pytest.mark.parametrize(("threads", "workers"), [("1", "1"), ("2", "2")], ids=["one-process", "cpu-workers"])
+def test_sigkill_and_rerun_is_exactly_once(tmp_path: Path, tiny_hf_folder: Path, threads: str, workers: str) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "PYTHONPATH": str(REPO)}
+    command = [*_command(tiny_hf_folder, tmp_path / "killed"), "--cpu-workers", workers]
     killed = tmp_path / "killed"
-    shard = killed / "shards" / "rank0.jsonl"
-    proc = subprocess.Popen(_command(tiny_hf_folder, killed), cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
-        if shard.exists() and shard.read_bytes().count(b"\n") >= 10:
+        if len(_lines(killed, "shards/rank*.jsonl")) >= 10:
             break
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    done_before = shard.read_bytes().count(b"\n")
-    metrics = killed / "metrics" / "rank0.jsonl"
-    metric_lines = len(metrics.read_text().splitlines()) if metrics.exists() else 0
+    done_before = len(_lines(killed, "shards/rank*.jsonl"))
+    time.sleep(1.0)  # workers die with their parent: nothing is appended after the kill
+    assert len(_lines(killed, "shards/rank*.jsonl")) == done_before
+    metric_lines = len(_lines(killed, "metrics/rank*.jsonl"))
     assert 10 <= done_before < 100
     assert not (killed / "generations.jsonl").exists()
 
     for out in (killed, tmp_path / "straight"):
-        result = subprocess.run(_command(tiny_hf_folder, out), cwd=REPO, env=env, capture_output=True, text=True)
+        result = subprocess.run([*_command(tiny_hf_folder, out), "--cpu-workers", workers], cwd=REPO, env=env,
+                                capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
     resumed = (killed / "generations.jsonl").read_text(encoding="utf-8").splitlines()
     straight = (tmp_path / "straight" / "generations.jsonl").read_text(encoding="utf-8").splitlines()
     assert [json.loads(line)["id"] for line in resumed] == list(range(100))
     assert resumed == straight
     # The rerun generated exactly what was missing.
-    rerun_samples = sum(json.loads(m)["samples"] for m in metrics.read_text().splitlines()[metric_lines:])
-    assert rerun_samples == 100 - done_before and shard.read_bytes().count(b"\n") == 100
+    rerun_samples = sum(json.loads(m)["samples"] for m in _lines(killed, "metrics/rank*.jsonl")[metric_lines:])
+    assert rerun_samples == 100 - done_before and len(_lines(killed, "shards/rank*.jsonl")) == 100
 
 
 def test_checkpoint_of_ours_generates_like_its_source(tmp_path: Path, tiny_hf_folder: Path,

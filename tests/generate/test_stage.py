@@ -70,7 +70,7 @@ def test_rerun_skips_finished_and_memory_split(tmp_path: Path, tiny_hf_folder: P
 
     def go(out: Path, todo: list) -> None:  # type: ignore[type-arg]
         run_generation_stage(model, tokenizer, todo, out, spec, settings={"n": 5}, batch_size=5,
-                             memory_budget_bytes=budget, progress=False)
+                             memory_budget_bytes=budget, progress=False, cpu_workers=1)  # one shard to count
 
     go(tmp_path / "resumed", items[:3])  # as if stopped after 3 samples
     go(tmp_path / "resumed", items)
