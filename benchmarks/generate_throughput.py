@@ -48,7 +48,7 @@ from typing import TypeVar
 import torch
 
 from megatron_detox.generate.cpu_linears import CpuDecodeLinears
-from megatron_detox.generate.cpu_workers import resolve_cpu_workers, run_in_workers
+from megatron_detox.generate.cpu_workers import SharedQueue, resolve_cpu_workers, run_in_workers
 from megatron_detox.generate.engine import GenerationCache, decode_one_token, generate_batch, generate_stream
 from megatron_detox.generate.projection import VocabProjection
 from megatron_detox.generate.sampling import SamplingParams
@@ -242,10 +242,13 @@ def sgeat_shape(args: argparse.Namespace) -> None:
     lengths: list[int] = []  # useful tokens of each of our samples (last run)
 
     def ours(seed: int) -> tuple[int, int]:
+        work = [(i, [bos]) for i in range(samples)]
+        queue = SharedQueue(work) if workers > 1 else None  # as the stage: rows take the next sample from one queue
+
         def share(w: int) -> list[tuple[int, str]]:
-            done = generate_stream(model, [(i, [bos]) for i in range(w, samples, workers)], params, batch_size=rows,
-                                   max_new_tokens=new_tokens, vocab_size=cfg.vocab_size, head_dim=cfg.head_dim,
-                                   stop_ids=stops, seed=seed, projection=projection)
+            done = generate_stream(model, work, params, batch_size=rows, max_new_tokens=new_tokens,
+                                   vocab_size=cfg.vocab_size, head_dim=cfg.head_dim, stop_ids=stops, seed=seed,
+                                   projection=projection, queue=queue)
             return [(len(g.tokens), g.finish_reason) for g in done]
 
         done = [g for part in shared_out(workers, model, decode_one_token, share) for g in part]

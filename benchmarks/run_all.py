@@ -54,6 +54,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               ("--what", "train", "--quick")),
     Benchmark("plan_calibration.py", "planner's predicted / measured decode time", ("--what", "decode"),
               ("--what", "decode", "--quick")),
+    Benchmark("core_scaling.py", "two one-thread matmul processes / one alone (this machine's ceiling)",
+              ("--processes", "2"), ("--processes", "2", "--seconds", "2")),
 )
 
 

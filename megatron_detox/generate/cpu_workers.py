@@ -8,7 +8,8 @@ would share the GIL (measured 0.72-0.90 of two processes, ``docs/benchmarks.md``
 
 Workers are forked after the model is loaded, so the weights are shared copy-on-write
 and not loaded again. In the generation stage worker ``w`` of ``n`` acts as data-parallel
-rank ``w``: every n-th sample of the stage's order, its own shard. Results (small: counts, lengths) come
+rank ``w`` with its own shard; its rows take their samples from one :class:`SharedQueue`, so
+no worker idles while another still has a backlog. Results (small: counts, lengths) come
 back through a pipe; the first worker that fails stops the others, and its error is
 raised in the parent (a :class:`UserError` as is, anything else with the worker's
 traceback).
@@ -22,9 +23,9 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, wait
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import torch
 
@@ -54,6 +55,26 @@ def resolve_cpu_workers(requested: int, device: torch.device, *, single_process:
     threads = torch.get_num_threads()
     wanted = threads if requested == 0 else requested
     return max(1, min(wanted, threads, num_items))
+
+
+class SharedQueue(Generic[T]):
+    """Items handed out once each to forked workers, in order, as each asks: a counter in
+    shared memory under a lock. Made before the fork; a worker whose rows free up early
+    takes the next item instead of idling while another drains a longer share."""
+
+    def __init__(self, items: Sequence[T]) -> None:
+        self.items = list(items)
+        self._next = multiprocessing.get_context("fork").Value("q", 0)
+
+    def take(self, n: int) -> list[T]:
+        with self._next.get_lock():
+            start = self._next.value
+            end = min(start + n, len(self.items))
+            self._next.value = end
+        return self.items[start:end]
+
+    def __bool__(self) -> bool:
+        return self._next.value < len(self.items)
 
 
 def run_in_workers(num_workers: int, work: Callable[[int], T]) -> list[T]:

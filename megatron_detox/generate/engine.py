@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -48,6 +48,33 @@ COMPACT_FRACTION = 0.25
 # read at least this many unneeded slots each on average in one masked call: a call per
 # row costs about what reading ~80 more slots does (SmolLM2 shapes, one CPU thread).
 BY_ROW_MIN_MEAN_GAP = 128
+
+
+Work = tuple[int, Sequence[int]]
+"""``(sample_id, prompt token ids)``."""
+
+
+class WorkQueue(Protocol):
+    """Where a continuous batch takes its next samples from."""
+
+    def take(self, n: int) -> list[Work]:
+        """Up to ``n`` samples, each handed out once; fewer (or none) when the queue runs dry."""
+
+    def __bool__(self) -> bool:
+        """Whether samples may be left (a later ``take`` can still come back empty)."""
+
+
+class InOrder:
+    """The samples of one call, in the order given."""
+
+    def __init__(self, work: Sequence[Work]) -> None:
+        self._pending = deque(work)
+
+    def take(self, n: int) -> list[Work]:
+        return [self._pending.popleft() for _ in range(min(n, len(self._pending)))]
+
+    def __bool__(self) -> bool:
+        return bool(self._pending)
 
 
 class GenerationCache(KVCache):
@@ -205,9 +232,14 @@ def generate_stream(
     seed: int = 0,
     decode_step: Callable[..., Tensor] = decode_one_token,
     projection: VocabProjection | None = None,
+    queue: WorkQueue | None = None,
 ) -> Iterator[Generation]:
     """Generate every ``(sample_id, prompt)`` of ``work``, up to ``batch_size`` at once and
     in the order given, refilling finished rows; yields each sample as it finishes.
+
+    With ``queue`` (shared with other processes, see ``generate.cpu_workers.SharedQueue``)
+    the rows take their samples from it instead, and ``work`` only sizes the batch and
+    the cache: every sample the queue may hand out must be in it.
 
     Every prompt needs at least one token (use BOS/EOS for unconditional samples).
     ``decode_step`` may be a ``torch.compile``d :func:`decode_one_token`. ``projection``
@@ -217,8 +249,9 @@ def generate_stream(
         return
     if min(len(prompt) for _, prompt in work) < 1:
         raise ValueError("every prompt needs at least one token (BOS/EOS for unconditional samples)")
-    batch = _ContinuousBatch(model, work, params, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                             vocab_size=vocab_size, head_dim=head_dim, stop_ids=stop_ids, seed=seed)
+    batch = _ContinuousBatch(model, work, queue if queue is not None else InOrder(work), params,
+                             batch_size=batch_size, max_new_tokens=max_new_tokens, vocab_size=vocab_size,
+                             head_dim=head_dim, stop_ids=stop_ids, seed=seed)
     while batch.active():
         # The model runs without its output layer only inside the step, never while the caller has control.
         with torch.inference_mode(), output_detached(model) as output:
@@ -229,14 +262,14 @@ def generate_stream(
 class _ContinuousBatch:
     """The rows of a continuous batch and the queue that refills them (see the module doc)."""
 
-    def __init__(self, model: Transformer, work: Sequence[tuple[int, Sequence[int]]], params: SamplingParams, *,
+    def __init__(self, model: Transformer, work: Sequence[Work], pending: WorkQueue, params: SamplingParams, *,
                  batch_size: int, max_new_tokens: int, vocab_size: int, head_dim: int, stop_ids: Sequence[int],
                  seed: int) -> None:
         self.model, self.params, self.seed, self.head_dim = model, params, seed, head_dim
         self.max_new_tokens, self.vocab_size = max_new_tokens, vocab_size
         self.device = next(model.parameters()).device
         self.prefix_len = prefix_length(model)
-        self.pending = deque(work)
+        self.pending = pending
         rows = min(batch_size, len(work))
         num_slots = self.prefix_len + max(len(prompt) for _, prompt in work) + max_new_tokens
         self.cache = new_cache(model, head_dim, rows, num_slots)
@@ -269,7 +302,8 @@ class _ContinuousBatch:
                 self.cache.length = self.prefix_len
                 fill_prefix_cache(self.model, self.cache)  # every row's slots [0, P), kept across refills
             self._admit(project)
-        finished = self._sample()
+        # No live row: a shared queue ran dry between the check and the take.
+        finished = self._sample() if bool(self.alive.any()) else []
         if not self.pending and len(self.free) >= COMPACT_FRACTION * len(self.ids) and bool(self.alive.any()):
             self._compact()
         if bool(self.alive.any()):
@@ -322,9 +356,9 @@ class _ContinuousBatch:
         """Prefill pending prompts into free rows, equal lengths together (no padding)."""
         if not (self.free and self.pending):
             return
-        rows = self.free[:len(self.pending)]
+        entries = self.pending.take(len(self.free))
+        rows = self.free[:len(entries)]
         del self.free[:len(rows)]
-        entries = [self.pending.popleft() for _ in rows]
         by_length: dict[int, list[int]] = {}
         for k, (_, prompt) in enumerate(entries):
             by_length.setdefault(len(prompt), []).append(k)

@@ -23,8 +23,14 @@ from tqdm import tqdm
 from megatron_detox.atomic import write_json_atomic
 from megatron_detox.errors import UserError
 from megatron_detox.generate.cpu_linears import CpuDecodeLinears
-from megatron_detox.generate.cpu_workers import resolve_cpu_workers, run_in_workers
-from megatron_detox.generate.engine import decode_one_token, generate_batch, generate_stream, kv_cache_bytes
+from megatron_detox.generate.cpu_workers import SharedQueue, resolve_cpu_workers, run_in_workers
+from megatron_detox.generate.engine import (
+    WorkQueue,
+    decode_one_token,
+    generate_batch,
+    generate_stream,
+    kv_cache_bytes,
+)
 from megatron_detox.generate.projection import VocabProjection
 from megatron_detox.generate.prompts import WorkItem
 from megatron_detox.generate.sampling import SamplingParams
@@ -227,9 +233,10 @@ def run_generation_stage(
     decode = _RankDecoder(model, tokenizer, spec, encoded, out, decode_step)
     if workers == 1:
         decode(mine, rank=dp_rank, batch_size=fitted, write=writer_rank, progress=progress and writer_rank)
-    else:  # worker w is DP rank w of this single-process run: its own ids, its own shard
-        run_in_workers(workers, lambda w: decode(mine[w::workers], rank=w, batch_size=per_worker, write=True,
-                                                 progress=progress and w == 0))
+    else:  # worker w is DP rank w of this single-process run: its own shard, samples from one queue
+        queue = SharedQueue([(item.id, encoded[item.id]) for item in mine])
+        run_in_workers(workers, lambda w: decode(mine, rank=w, batch_size=per_worker, write=True,
+                                                 progress=progress and w == 0, queue=queue))
     if barrier is not None:
         barrier()
     if not merger_rank:
@@ -248,11 +255,13 @@ class _RankDecoder:
         self.out, self.decode_step = out, decode_step
 
     def __call__(self, items: Sequence[WorkItem], *, rank: int, batch_size: int, write: bool,
-                 progress: bool) -> int:
-        """Generate ``items``; returns the tokens computed."""
+                 progress: bool, queue: WorkQueue | None = None) -> int:
+        """Generate ``items`` (those ``queue`` hands this rank, if given); returns the tokens computed."""
         model, spec = self.model, self.spec
         writer = ShardWriter(shard_path(self.out, rank)) if write else None
-        bar = tqdm(total=len(items), unit="sample", disable=not progress, desc=f"generate rank {rank}")
+        # From a shared queue a rank's share is not known in advance: the bar counts without a total.
+        bar = tqdm(total=len(items) if queue is None else None, unit="sample", disable=not progress,
+                   desc=f"generate rank {rank}")
         projection = VocabProjection(model.output)  # one prepacked output weight for every batch
         fast_linears = decode_linears(model, self.decode_step)
         items_by_id = {item.id: item for item in items}
@@ -265,7 +274,7 @@ class _RankDecoder:
                     model, [(item.id, self.encoded[item.id]) for item in items], spec.params,
                     batch_size=batch_size, max_new_tokens=spec.max_new_tokens, vocab_size=spec.vocab_size,
                     head_dim=spec.head_dim, stop_ids=spec.stop_ids, seed=spec.seed, decode_step=self.decode_step,
-                    projection=projection,
+                    projection=projection, queue=queue,
                 ):
                     item = items_by_id[g.sample_id]
                     sink.add({"id": item.id, "prompt_index": item.prompt_index, "sample_index": item.sample_index,

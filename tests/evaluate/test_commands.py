@@ -180,3 +180,24 @@ def test_missing_inputs_are_refused_before_the_model_loads(tmp_path: Path, capsy
     code = main(["eval", "lm-eval", "--tasks", "x", "--include-path", str(tmp_path / "nope"), "--model", "no-such-model"])
     err = capsys.readouterr().err
     assert code == 2 and "--include-path must be a folder" in err and err.count("\n") == 1
+
+
+def test_eval_toxicity_cpu_workers_take_effect(tmp_path: Path, shared_data: Path, smollm2_gguf: Path) -> None:
+    import torch
+
+    from megatron_detox.evaluate.toxicity_eval import GENERATION_DIR
+
+    pytest.importorskip("profanity_check")
+    prompts = _rtp_subset(shared_data, tmp_path / "prompts.jsonl", per_file=1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for workers in ("1", "2"):
+            out = tmp_path / workers
+            assert main(["eval", "toxicity", "--prompts", str(prompts), "--samples", "2", "--max-new-tokens", "4",
+                         "--scorer", "profanity", "--bootstrap", "10", "--out", str(out), "--no-progress",
+                         "--cpu-workers", workers]) == 0
+            manifest = json.loads((out / GENERATION_DIR / "manifest.json").read_text())
+            assert manifest["dp_size"] == int(workers)
+    finally:
+        torch.set_num_threads(before)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from megatron_detox.errors import UserError
-from megatron_detox.generate.cpu_workers import resolve_cpu_workers, run_in_workers
+from megatron_detox.generate.cpu_workers import SharedQueue, resolve_cpu_workers, run_in_workers
 from megatron_detox.generate.prompts import prompt_items
 from megatron_detox.generate.stage import run_generation_stage
 from tests.generate.test_stage import PROMPTS, load, read
@@ -66,7 +66,6 @@ def test_workers_give_the_texts_of_one_process(tmp_path: Path, tiny_hf_folder: P
     lines = {rank: [json.loads(x)["id"] for x in (shards / f"rank{rank}.jsonl").read_text().splitlines()]
              for rank in (0, 1)}
     assert sorted(lines[0] + lines[1]) == list(range(20))  # no id lost or written twice
-    assert len(lines[0]) == len(lines[1]) == 10  # the work is shared out evenly
     assert json.loads((tmp_path / "two" / "manifest.json").read_text())["dp_size"] == 2
 
 
@@ -81,9 +80,24 @@ def test_workers_resume_what_one_process_started(tmp_path: Path, tiny_hf_folder:
     torch.set_num_threads(2)
     run_generation_stage(model, tokenizer, items, out, spec, settings={}, batch_size=3, progress=False)
     assert read(out) == read(straight)
-    rerun = [json.loads(x)["id"] for x in (out / "shards" / "rank1.jsonl").read_text().splitlines()]
-    first = [json.loads(x)["id"] for x in (out / "shards" / "rank0.jsonl").read_text().splitlines()]
-    assert sorted(first + rerun) == list(range(12)) and set(first[:5]) == {0, 1, 2, 3, 4}
+    shards = [[json.loads(x)["id"] for x in path.read_text().splitlines()]
+              for path in sorted((out / "shards").glob("rank*.jsonl"))]
+    assert sorted(i for shard in shards for i in shard) == list(range(12))  # the rerun did only what was missing
+    assert shards[0][:5] == [0, 1, 2, 3, 4]
+
+
+def test_shared_queue_hands_out_each_item_once(threads: None) -> None:
+    queue = SharedQueue(list(range(1000)))
+
+    def drain(worker: int) -> list[int]:
+        taken: list[int] = []
+        while queue:
+            taken += queue.take(3)
+        return taken
+
+    parts = run_in_workers(2, drain)
+    assert sorted(parts[0] + parts[1]) == list(range(1000))
+    assert not queue and queue.take(5) == []
 
 
 def _fail_user(index: int) -> int:
@@ -113,3 +127,26 @@ def test_run_in_workers_results_and_errors(threads: None) -> None:
         run_in_workers(2, _fail_bug)
     with pytest.raises(RuntimeError, match="generation worker . died"):
         run_in_workers(2, _die)
+
+
+def test_cpu_workers_option_takes_effect(tmp_path: Path, tiny_hf_folder: Path, threads: None,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from megatron_detox.cli import main
+    from megatron_detox.config import ConfigError, load_config
+
+    def dp_size(*extra: str) -> int:
+        out = tmp_path / "-".join(extra or ("default",))
+        assert main(["generate", "--model", str(tiny_hf_folder), "--unconditional", "6", "--max-new-tokens", "4",
+                     "--out", str(out), "--no-progress", *extra]) == 0
+        return int(json.loads((out / "manifest.json").read_text())["dp_size"])
+
+    assert dp_size() == 2 and dp_size("--cpu-workers", "1") == 1
+    config = tmp_path / "run.yaml"
+    config.write_text("generate:\n  cpu_workers: 1\n")
+    assert dp_size("--config", str(config)) == 1
+    assert main(["generate", "--model", str(tiny_hf_folder), "--unconditional", "2", "--out", str(tmp_path / "x"),
+                 "--cpu-workers", "-1"]) == 2
+    assert "--cpu-workers=-1: must be >= 0" in capsys.readouterr().err
+    for section in ("generate", "eval"):
+        with pytest.raises(ConfigError, match=f"{section}.cpu_workers"):
+            load_config(None, [f"{section}.cpu_workers=-1"])
