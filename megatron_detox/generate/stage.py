@@ -25,6 +25,7 @@ from megatron_detox.errors import UserError
 from megatron_detox.generate.cpu_linears import CpuDecodeLinears
 from megatron_detox.generate.cpu_workers import SharedQueue, resolve_cpu_workers, run_in_workers
 from megatron_detox.generate.engine import (
+    Work,
     WorkQueue,
     decode_one_token,
     generate_batch,
@@ -234,7 +235,8 @@ def run_generation_stage(
     if workers == 1:
         decode(mine, rank=dp_rank, batch_size=fitted, write=writer_rank, progress=progress and writer_rank)
     else:  # worker w is DP rank w of this single-process run: its own shard, samples from one queue
-        queue = SharedQueue([(item.id, encoded[item.id]) for item in mine])
+        work: list[Work] = [(item.id, encoded[item.id]) for item in mine]
+        queue = SharedQueue(work)
         run_in_workers(workers, lambda w: decode(mine, rank=w, batch_size=per_worker, write=True,
                                                  progress=progress and w == 0, queue=queue))
     if barrier is not None:
