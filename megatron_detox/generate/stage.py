@@ -235,8 +235,7 @@ def run_generation_stage(
     if workers == 1:
         decode(mine, rank=dp_rank, batch_size=fitted, write=writer_rank, progress=progress and writer_rank)
     else:  # worker w is DP rank w of this single-process run: its own shard, samples from one queue
-        work: list[Work] = [(item.id, encoded[item.id]) for item in mine]
-        queue = SharedQueue(work)
+        queue = SharedQueue(decode.work(mine))
         run_in_workers(workers, lambda w: decode(mine, rank=w, batch_size=per_worker, write=True,
                                                  progress=progress and w == 0, queue=queue))
     if barrier is not None:
@@ -256,9 +255,13 @@ class _RankDecoder:
         self.model, self.tokenizer, self.spec, self.encoded = model, tokenizer, spec, encoded
         self.out, self.decode_step = out, decode_step
 
+    def work(self, items: Sequence[WorkItem]) -> list[Work]:
+        """The engine's ``(sample_id, prompt ids)`` of ``items``."""
+        return [(item.id, self.encoded[item.id]) for item in items]
+
     def __call__(self, items: Sequence[WorkItem], *, rank: int, batch_size: int, write: bool,
-                 progress: bool, queue: WorkQueue | None = None) -> int:
-        """Generate ``items`` (those ``queue`` hands this rank, if given); returns the tokens computed."""
+                 progress: bool, queue: WorkQueue | None = None) -> None:
+        """Generate ``items`` (those ``queue`` hands this rank, if given)."""
         model, spec = self.model, self.spec
         writer = ShardWriter(shard_path(self.out, rank)) if write else None
         # From a shared queue a rank's share is not known in advance: the bar counts without a total.
@@ -273,7 +276,7 @@ class _RankDecoder:
                 # Continuous batching: a finished row takes the next sample at once. Finished
                 # samples are written (and fsynced) in groups of a batch.
                 for g in generate_stream(
-                    model, [(item.id, self.encoded[item.id]) for item in items], spec.params,
+                    model, self.work(items), spec.params,
                     batch_size=batch_size, max_new_tokens=spec.max_new_tokens, vocab_size=spec.vocab_size,
                     head_dim=spec.head_dim, stop_ids=spec.stop_ids, seed=spec.seed, decode_step=self.decode_step,
                     projection=projection, queue=queue,
@@ -291,7 +294,6 @@ class _RankDecoder:
             bar.close()
             if writer is not None:
                 writer.close()
-        return sink.total_tokens
 
 
 class _RecordSink:
