@@ -2,12 +2,13 @@
 
 A plain ``loss = cross_entropy(output(h))`` materializes fp32 logits ``[tokens, vocab]``
 (SmolLM2, 4 x 256 tokens x 49k: 200 MB) and its backward writes a gradient of the same
-size, then reads both again for the two weight/input GEMMs. Here each chunk of
-``CHUNK_ELEMENTS / vocab`` tokens is projected, its loss summed, and its logit gradient
-``softmax - onehot`` turned at once into the chunk's input gradient and added to the
-weight gradient (as Liger-Kernel's and torchtune's chunked losses do). The forward thus
-does the backward's GEMMs too and keeps only ``grad_hidden``/``grad_weight``; backward
-scales them. Same GEMMs, a few MB of logits live at a time.
+size, then reads both again for the two weight/input GEMMs. Here the tokens are cut into
+the fewest even chunks of at most ``CHUNK_ELEMENTS`` logits; each chunk is projected into
+one reused buffer, its loss summed, and its logit gradient ``softmax - onehot`` (computed
+in place) turned at once into the chunk's input gradient and added to the weight
+gradient (as Liger-Kernel's and torchtune's chunked losses do). The forward thus does the
+backward's GEMMs too and keeps only ``grad_hidden``/``grad_weight``; backward scales
+them. Same GEMMs, one chunk's logits alive at a time.
 """
 
 from __future__ import annotations
@@ -19,9 +20,13 @@ from torch import Tensor, nn
 
 from megatron_detox.parallel.loss import IGNORE_INDEX
 
-# Logit elements per chunk: 2M fp32 = 8 MB, which stays in a CPU's L2/L3 between the
-# softmax and the two GEMMs that read it.
-CHUNK_ELEMENTS = 1 << 21
+# Logit elements per chunk at most: 32M fp32 = 128 MB. Each chunk streams the whole
+# output weight three times (logits, input gradient, weight gradient update), so small
+# chunks are weight-bound: SmolLM2's 1024 x 49k loss took 1.55 s forward + backward in
+# 8 MB chunks and 0.97 s in 128 MB ones at two CPU threads (the three GEMMs alone: ~0.87 s),
+# 0.94 s unchunked (docs/benchmarks.md). A long batch or a larger vocabulary still runs
+# in chunks of at most this size.
+CHUNK_ELEMENTS = 1 << 25
 
 
 def fused_loss_applies(output: nn.Module | None) -> TypeGuard[nn.Linear]:
@@ -39,7 +44,8 @@ def linear_cross_entropy_sum(hidden: Tensor, output: nn.Linear, labels: Tensor) 
     """``cross_entropy(output(hidden), labels, reduction="sum")`` (fp32 logits, ``IGNORE_INDEX``
     skipped), computed chunk by chunk. hidden ``[b, s, h]``, labels ``[b, s]`` -> fp32 scalar."""
     flat = hidden.reshape(-1, hidden.shape[-1])
-    chunk = max(1, CHUNK_ELEMENTS // output.weight.shape[0])
+    chunks = -(-flat.shape[0] * output.weight.shape[0] // CHUNK_ELEMENTS)
+    chunk = max(1, -(-flat.shape[0] // max(chunks, 1)))  # even chunks: no small ragged GEMM at the end
     return _LinearCrossEntropy.apply(flat, output.weight, output.bias, labels.reshape(-1), chunk)
 
 
@@ -52,21 +58,37 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_weight = torch.empty_like(weight) if needs_weight else None  # the first chunk writes it
         grad_bias = torch.zeros_like(bias) if needs_bias and bias is not None else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        # One logits buffer for every chunk: a fresh one per chunk would cost page faults
+        # and cache misses; fp32 weights project straight into it.
+        buffer = hidden.new_empty(min(chunk, hidden.shape[0]), weight.shape[0], dtype=torch.float32)
+        # Ignored labels are rare (document ends with loss masking): mask only then.
+        masked = bool((labels == IGNORE_INDEX).any())
         for start in range(0, hidden.shape[0], chunk):
             h = hidden[start:start + chunk]  # [c, hidden]
             y = labels[start:start + chunk]  # [c]
-            logits = torch.addmm(bias, h, weight.t()) if bias is not None else h @ weight.t()
-            logits = logits.float()  # [c, vocab]
-            valid = y != IGNORE_INDEX
+            logits = buffer[:h.shape[0]]
+            if weight.dtype == torch.float32:
+                if bias is not None:
+                    torch.addmm(bias, h, weight.t(), out=logits)
+                else:
+                    torch.mm(h, weight.t(), out=logits)
+            else:
+                logits.copy_(torch.addmm(bias, h, weight.t()) if bias is not None else h @ weight.t())
             target = y.clamp(min=0)[:, None]
-            lse = torch.logsumexp(logits, dim=-1)
-            total += ((lse - logits.gather(1, target).squeeze(1)) * valid).sum()
+            picked = logits.gather(1, target).squeeze(1)
+            peak = logits.amax(dim=-1, keepdim=True)
+            # In place: exp(logits - max) becomes the softmax once divided by its row sum.
+            probs = logits.sub_(peak).exp_()
+            norm = probs.sum(dim=-1, keepdim=True)
+            ce = peak.squeeze(1) + norm.log().squeeze(1) - picked
+            total += (ce * (y != IGNORE_INDEX)).sum() if masked else ce.sum()
             if grad_hidden is None and grad_weight is None and grad_bias is None:
                 continue
-            # d(sum ce)/d logits = softmax - onehot(target), zero on ignored rows; in place.
-            grad = logits.sub_(lse[:, None]).exp_()
+            # d(sum ce)/d logits = softmax - onehot(target), zero on ignored rows.
+            grad = probs.mul_(norm.reciprocal_())
             grad.scatter_add_(1, target, torch.full_like(target, -1.0, dtype=grad.dtype))
-            grad.mul_(valid[:, None])
+            if masked:
+                grad.mul_((y != IGNORE_INDEX)[:, None])
             grad = grad.to(weight.dtype)
             if grad_hidden is not None:
                 torch.mm(grad, weight, out=grad_hidden[start:start + chunk])

@@ -17,14 +17,17 @@ from megatron_detox.parallel.loss import IGNORE_INDEX
 
 
 @pytest.mark.parametrize("bias", [False, True])
-@pytest.mark.parametrize("chunk_elements", [700, 1 << 21])  # many chunks (one ragged) / one chunk
-def test_matches_cross_entropy_of_full_logits(bias: bool, chunk_elements: int, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("chunk_elements", [700, 1200, 1 << 21])  # 5 chunks (7,7,7,7,5) / 3 of 11 / one chunk
+@pytest.mark.parametrize("ignored", [True, False])
+def test_matches_cross_entropy_of_full_logits(bias: bool, chunk_elements: int, ignored: bool,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fused_loss, "CHUNK_ELEMENTS", chunk_elements)
     gen = torch.Generator().manual_seed(0)
     output = nn.Linear(16, 97, bias=bias)
     hidden = torch.randn(3, 11, 16, generator=gen, requires_grad=True)
     labels = torch.randint(0, 97, (3, 11), generator=gen)
-    labels[0, :4] = IGNORE_INDEX
+    if ignored:
+        labels[0, :4] = IGNORE_INDEX
     expected = F.cross_entropy(output(hidden).flatten(0, 1), labels.reshape(-1), reduction="sum",
                                ignore_index=IGNORE_INDEX)
     (0.3 * expected).backward()
@@ -37,6 +40,15 @@ def test_matches_cross_entropy_of_full_logits(bias: bool, chunk_elements: int, m
     torch.testing.assert_close(got_loss, expected.detach(), rtol=1e-6, atol=1e-5)
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_non_fp32_weights_project_then_convert() -> None:
+    """float64 weights: logits are projected in the weight's dtype, then taken in fp32."""
+    output = nn.Linear(8, 30, dtype=torch.float64)
+    hidden = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 30, (2, 5))
+    expected = F.cross_entropy(output(hidden).float().flatten(0, 1), labels.reshape(-1), reduction="sum")
+    torch.testing.assert_close(linear_cross_entropy_sum(hidden, output, labels), expected.detach())
 
 
 def test_second_backward_through_the_same_loss_is_refused() -> None:
