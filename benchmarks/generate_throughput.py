@@ -47,7 +47,7 @@ from typing import TypeVar
 
 import torch
 
-from megatron_detox.generate.cpu_linears import CpuDecodeLinears
+from megatron_detox.generate.cpu_linears import CpuDecodeLinears, decode_backend
 from megatron_detox.generate.cpu_workers import SharedQueue, resolve_cpu_workers, run_in_workers
 from megatron_detox.generate.engine import GenerationCache, decode_one_token, generate_batch, generate_stream
 from megatron_detox.generate.projection import VocabProjection
@@ -73,6 +73,18 @@ def shared_out(workers: int, model: torch.nn.Module, step: Callable[..., torch.T
             return share(w)
 
     return run_in_workers(workers, in_worker)
+
+
+def decode_path(workers: int, enabled: bool) -> str:
+    """The decode linears' path ours takes: each worker runs at one thread."""
+    if not enabled and workers == 1:
+        return "torch"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if workers > 1 else threads)
+    try:
+        return decode_backend() or "torch"
+    finally:
+        torch.set_num_threads(threads)
 
 
 def cpu_seconds() -> float:
@@ -163,9 +175,10 @@ def main() -> None:
     workers = resolve_cpu_workers(args.cpu_workers, torch.device("cpu"), single_process=True,
                                   eager=step is decode_one_token and not args.torch_gemm, num_items=args.batch_size)
     fast = not args.torch_gemm and use_cpu_decode_linears(model, step)
-    linears = CpuDecodeLinears(model, exclude=(model.output,)).__enter__() if fast else None  # as the stage: per run
+    # As the stage: once per run, in this process or in each worker (shared_out).
+    linears = CpuDecodeLinears(model, exclude=(model.output,)).__enter__() if fast and workers == 1 else None
     print(f"cpu_decode_linears={fast or workers > 1} cpu_workers={workers} "
-          f"(setup {time.perf_counter() - setup:.2f} s, once per run)")
+          f"(setup {time.perf_counter() - setup:.2f} s, once per run) decode_path={decode_path(workers, fast)}")
 
     def share(w: int) -> int:
         ids = list(range(w, args.batch_size, workers))
@@ -235,9 +248,10 @@ def sgeat_shape(args: argparse.Namespace) -> None:
                                   num_items=samples)
     rows = -(-args.batch_size // workers)  # the stage's share of the batch per worker
     fast = use_cpu_decode_linears(model, decode_one_token)
-    linears = CpuDecodeLinears(model, exclude=(model.output,)).__enter__() if fast else None
+    linears = CpuDecodeLinears(model, exclude=(model.output,)).__enter__() if fast and workers == 1 else None
     print(f"shape=sgeat samples={samples} batch={args.batch_size} max_new_tokens={new_tokens} stops={stops} "
-          f"cpu_decode_linears={fast or workers > 1} cpu_workers={workers} rows_per_worker={rows}")
+          f"cpu_decode_linears={fast or workers > 1} cpu_workers={workers} rows_per_worker={rows} "
+          f"decode_path={decode_path(workers, fast)}")
 
     lengths: list[int] = []  # useful tokens of each of our samples (last run)
 

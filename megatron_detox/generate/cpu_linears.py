@@ -1,16 +1,24 @@
-"""Decode-step linears on CPU: numpy's BLAS on K-major copies of the weights.
+"""Decode-step linears on CPU: weights copied once into the layout the fastest BLAS wants.
 
-On one CPU core a decode step of SmolLM2 at batch 32 is ~75 % GEMMs of 32 rows against
-weights that no longer sit in cache (513 MiB read per step). For those shapes OpenBLAS
-(the BLAS numpy ships) on a K-major (``[in, out]``) copy of each weight is faster than
-MKL (torch) on the ``[out, in]`` weight: 0.80 vs 0.94 ms for a 576 -> 1536 projection,
-~8 ms of a ~190 ms step end to end. Neither MKL on the transposed copy, MKL's packed
-API nor oneDNN's blocked layout matched it (``docs/benchmarks.md``).
+A CPU decode step at batch 16-32 is mostly GEMMs of a few rows against weights that no
+longer sit in cache (SmolLM2: 513 MiB read per step). torch's default (MKL on the
+``[out, in]`` weight) repacks every weight on every call, and on AMD CPUs runs AVX2 code.
+Two paths beat it, each on its own kind of machine (``docs/benchmarks.md``):
 
-:class:`CpuDecodeLinears` applies this for the duration of a generation run: inputs of
-up to ``DECODE_MAX_ROWS`` rows (decode steps) take the numpy path, larger ones
-(prefill: MKL runs those at peak) and anything with autograd stay on torch. It costs
-one copy of the block weights while entered.
+- ``onednn``: the weight reordered once into oneDNN's blocked layout and run by oneDNN's
+  own AVX-512 kernels. On an AVX-512 CPU (AMD EPYC, session 8) it took SmolLM2's short
+  generation benchmark from 1.8x to 3.0x ``transformers`` at two threads, and it runs at
+  any thread count (torch's own OpenMP pool).
+- ``numpy``: OpenBLAS (numpy's BLAS) on a K-major (``[in, out]``) copy. On the AVX2 machine
+  of sessions 1-7 it beat MKL by ~15 % and oneDNN's blocked layout did not match it; one
+  thread only (OpenBLAS's pthreads and torch's OpenMP workers spin against each other:
+  0.24x at two threads).
+
+:func:`decode_backend` picks by the CPU's vector ISA, so a machine always takes the same
+path (a sampled token may flip between paths: they round differently). Inputs of up to
+``DECODE_MAX_ROWS`` rows (decode steps) take it; larger ones (prefill: MKL runs those at
+peak) and anything with autograd stay on torch. It costs one copy of the block weights
+while entered.
 """
 
 from __future__ import annotations
@@ -51,12 +59,26 @@ class WeightVersion:
         return weight is self.weight and weight._version == self.version
 
 
-class _KMajorForward:
-    """The forward of one ``nn.Linear`` while :class:`CpuDecodeLinears` is entered."""
+def onednn_packing_available() -> bool:
+    """Whether this torch build can reorder a linear weight for oneDNN (``VocabProjection`` too)."""
+    return hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and torch.backends.mkldnn.is_available()
+
+
+def decode_backend() -> str | None:
+    """The decode linears' path on this machine at torch's current thread count:
+    ``"onednn"`` on AVX-512 CPUs, ``"numpy"`` elsewhere at one thread, ``None`` (torch's
+    own GEMMs) elsewhere at more threads."""
+    if onednn_packing_available() and torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        return "onednn"
+    return "numpy" if torch.get_num_threads() == 1 else None
+
+
+class _DecodeForward:
+    """The forward of one ``nn.Linear`` while :class:`CpuDecodeLinears` is entered: small
+    fp32 inputs without autograd through :meth:`project`, anything else through torch."""
 
     def __init__(self, module: nn.Linear) -> None:
         self.module = module
-        self.weight_k = module.weight.detach().t().contiguous().numpy()  # [in, out]
         self.source = WeightVersion(module.weight)
 
     def __call__(self, x: Tensor) -> Tensor:
@@ -65,37 +87,73 @@ class _KMajorForward:
         if (rows > DECODE_MAX_ROWS or x.dtype != torch.float32 or x.requires_grad or x.device.type != "cpu"
                 or not self.source.matches(module.weight)):
             return F.linear(x, module.weight, module.bias)
-        flat = x.reshape(rows, x.shape[-1]).contiguous()
-        out = flat.new_empty(rows, self.weight_k.shape[1])
-        np.matmul(flat.numpy(), self.weight_k, out=out.numpy())
-        if module.bias is not None:
-            out += module.bias
+        out = self.project(x.reshape(rows, x.shape[-1]).contiguous())
         return out.view(*x.shape[:-1], out.shape[-1])
+
+    def project(self, flat: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class _KMajorForward(_DecodeForward):
+    """numpy's BLAS on a K-major (``[in, out]``) copy of the weight."""
+
+    def __init__(self, module: nn.Linear) -> None:
+        super().__init__(module)
+        self.weight_k = module.weight.detach().t().contiguous().numpy()
+
+    def project(self, flat: Tensor) -> Tensor:
+        out = flat.new_empty(flat.shape[0], self.weight_k.shape[1])
+        np.matmul(flat.numpy(), self.weight_k, out=out.numpy())
+        if self.module.bias is not None:
+            out += self.module.bias
+        return out
+
+
+class _PackedForward(_DecodeForward):
+    """oneDNN on a copy of the weight in its blocked layout (reordered once, for any row count)."""
+
+    def __init__(self, module: nn.Linear) -> None:
+        super().__init__(module)
+        with torch.no_grad():
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(module.weight.detach())
+
+    def project(self, flat: Tensor) -> Tensor:
+        return torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.module.bias, "none", [], "")
+
+
+_FORWARDS: dict[str, type[_DecodeForward]] = {"numpy": _KMajorForward, "onednn": _PackedForward}
 
 
 class CpuDecodeLinears:
     """Context manager: eligible linears of ``model`` (plain fp32 ``nn.Linear`` on CPU,
-    not ``exclude``) run small inputs through numpy's BLAS on K-major weights.
+    not ``exclude``) run small inputs through ``backend`` (``"onednn"`` or ``"numpy"``;
+    default :func:`decode_backend`, which must then not be ``None``).
 
     A weight changed in place or replaced while entered is noticed and served by torch.
     numpy's BLAS gets torch's thread count for the duration.
     """
 
-    def __init__(self, model: Any, exclude: tuple[nn.Module | None, ...] = ()) -> None:
+    def __init__(self, model: Any, exclude: tuple[nn.Module | None, ...] = (), backend: str | None = None) -> None:
+        chosen = backend or decode_backend()
+        if chosen is None or chosen not in _FORWARDS:
+            raise ValueError(f"CpuDecodeLinears: no decode path {chosen!r} (choices: {sorted(_FORWARDS)})")
+        self.backend: str = chosen
         self.modules = [m for m in model.modules() if plain_cpu_linear(m) and m.weight.dtype == torch.float32
                         and not any(m is e for e in exclude)]
         self._limits: contextlib.ExitStack | None = None
 
     def __enter__(self) -> CpuDecodeLinears:
         self._limits = contextlib.ExitStack()
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:  # then numpy's BLAS keeps its own thread count
-            pass
-        else:
-            self._limits.enter_context(threadpool_limits(limits=torch.get_num_threads(), user_api="blas"))
+        if self.backend == "numpy":
+            try:
+                from threadpoolctl import threadpool_limits
+            except ImportError:  # then numpy's BLAS keeps its own thread count
+                pass
+            else:
+                self._limits.enter_context(threadpool_limits(limits=torch.get_num_threads(), user_api="blas"))
+        forward = _FORWARDS[self.backend]
         for module in self.modules:
-            module.forward = _KMajorForward(module)  # type: ignore[method-assign, assignment]
+            module.forward = forward(module)  # type: ignore[method-assign, assignment]
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from megatron_detox.generate.cpu_linears import WeightVersion, plain_cpu_linear
+from megatron_detox.generate.cpu_linears import WeightVersion, onednn_packing_available, plain_cpu_linear
 from megatron_detox.models.gpt import output_detached
 
 __all__ = ["VOCAB_CHUNK_ROWS", "VocabProjection", "output_detached"]
@@ -33,8 +33,7 @@ class VocabProjection:
 
     def __init__(self, output: nn.Module | None, *, prepack: bool = True) -> None:
         self.output = output
-        self.prepack = prepack and hasattr(torch.ops.mkldnn, "_reorder_linear_weight") \
-            and torch.backends.mkldnn.is_available()
+        self.prepack = prepack and onednn_packing_available()
         self._packed: Tensor | None = None
         self._packed_from: WeightVersion | None = None
 

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from megatron_detox.atomic import write_json_atomic
 from megatron_detox.errors import UserError
-from megatron_detox.generate.cpu_linears import CpuDecodeLinears
+from megatron_detox.generate.cpu_linears import CpuDecodeLinears, decode_backend
 from megatron_detox.generate.cpu_workers import SharedQueue, resolve_cpu_workers, run_in_workers
 from megatron_detox.generate.engine import (
     Work,
@@ -102,17 +102,14 @@ def free_memory_bytes(device: torch.device) -> int | None:
 
 
 def use_cpu_decode_linears(model: Transformer, decode_step: Callable[..., Tensor]) -> bool:
-    """Whether a run takes :class:`CpuDecodeLinears`: an eager decode step on CPU at one
-    thread, with memory for the K-major copy of the weights it holds while the run lasts.
-
-    Only at one thread: with more, OpenBLAS's pthreads and torch's OpenMP workers spin
-    against each other between calls and the step gets ~4x slower than torch's own GEMMs
-    (0.24x transformers at 2 threads, ``docs/benchmarks.md``).
+    """Whether a run takes :class:`CpuDecodeLinears`: an eager decode step on CPU where
+    :func:`decode_backend` has a path (oneDNN on AVX-512 CPUs; numpy's BLAS elsewhere at
+    one thread only), with memory for the copy of the weights it holds while the run lasts.
     """
     param = next(model.parameters())
     if param.device.type != "cpu" or decode_step is not decode_one_token:  # compiled steps keep torch's GEMMs
         return False
-    if torch.get_num_threads() != 1:
+    if decode_backend() is None:
         return False
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     free = free_memory_bytes(param.device)
