@@ -76,11 +76,11 @@ def shared_out(workers: int, model: torch.nn.Module, step: Callable[..., torch.T
 
 
 def decode_path(workers: int, enabled: bool) -> str:
-    """The decode linears' path ours takes: each worker runs at one thread."""
-    if not enabled and workers == 1:
-        return "torch"
+    """The decode linears' path ours takes: this process's, or that of workers at one thread."""
+    if workers == 1:
+        return (decode_backend() or "torch") if enabled else "torch"
     threads = torch.get_num_threads()
-    torch.set_num_threads(1 if workers > 1 else threads)
+    torch.set_num_threads(1)
     try:
         return decode_backend() or "torch"
     finally:

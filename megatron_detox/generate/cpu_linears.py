@@ -64,6 +64,18 @@ def onednn_packing_available() -> bool:
     return hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and torch.backends.mkldnn.is_available()
 
 
+def onednn_pack(weight: Tensor, rows: int | None = None) -> Tensor:
+    """A copy of a linear weight ``[out, in]`` in oneDNN's blocked layout (``rows``: an
+    optional hint of the row count it will serve) for :func:`onednn_linear`."""
+    with torch.no_grad():
+        return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows)
+
+
+def onednn_linear(x: Tensor, packed: Tensor, bias: Tensor | None) -> Tensor:
+    """``F.linear`` of ``x`` ``[rows, in]`` with a weight packed by :func:`onednn_pack`."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
 def decode_backend() -> str | None:
     """The decode linears' path on this machine at torch's current thread count:
     ``"onednn"`` on AVX-512 CPUs, ``"numpy"`` elsewhere at one thread, ``None`` (torch's
@@ -114,11 +126,10 @@ class _PackedForward(_DecodeForward):
 
     def __init__(self, module: nn.Linear) -> None:
         super().__init__(module)
-        with torch.no_grad():
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(module.weight.detach())
+        self.packed = onednn_pack(module.weight)
 
     def project(self, flat: Tensor) -> Tensor:
-        return torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.module.bias, "none", [], "")
+        return onednn_linear(flat, self.packed, self.module.bias)
 
 
 _FORWARDS: dict[str, type[_DecodeForward]] = {"numpy": _KMajorForward, "onednn": _PackedForward}

@@ -14,7 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from megatron_detox.generate.cpu_linears import WeightVersion, onednn_packing_available, plain_cpu_linear
+from megatron_detox.generate.cpu_linears import (
+    WeightVersion,
+    onednn_linear,
+    onednn_pack,
+    onednn_packing_available,
+    plain_cpu_linear,
+)
 from megatron_detox.models.gpt import output_detached
 
 __all__ = ["VOCAB_CHUNK_ROWS", "VocabProjection", "output_detached"]
@@ -45,8 +51,7 @@ class VocabProjection:
             return output(last)
         weight = output.weight
         if self.prepack and weight.dtype == torch.float32 and last.dtype == torch.float32:
-            return torch.ops.mkldnn._linear_pointwise(last, self._packed_weight(weight, last.shape[0]),
-                                                      output.bias, "none", [], "")
+            return onednn_linear(last, self._packed_weight(weight, last.shape[0]), output.bias)
         logits = last.new_empty(last.shape[0], weight.shape[0])
         for start in range(0, weight.shape[0], VOCAB_CHUNK_ROWS):
             rows = slice(start, start + VOCAB_CHUNK_ROWS)
@@ -55,7 +60,6 @@ class VocabProjection:
 
     def _packed_weight(self, weight: Tensor, batch: int) -> Tensor:
         if self._packed is None or self._packed_from is None or not self._packed_from.matches(weight):
-            with torch.no_grad():
-                self._packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), batch)
+            self._packed = onednn_pack(weight, batch)
             self._packed_from = WeightVersion(weight)
         return self._packed

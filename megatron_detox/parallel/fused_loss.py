@@ -59,7 +59,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_bias = torch.zeros_like(bias) if needs_bias and bias is not None else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         # One logits buffer for every chunk: a fresh one per chunk would cost page faults
-        # and cache misses; fp32 weights project straight into it.
+        # and cache misses.
         buffer = hidden.new_empty(min(chunk, hidden.shape[0]), weight.shape[0], dtype=torch.float32)
         # Ignored labels are rare (document ends with loss masking): mask only then.
         masked = bool((labels == IGNORE_INDEX).any())
@@ -67,13 +67,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
             h = hidden[start:start + chunk]  # [c, hidden]
             y = labels[start:start + chunk]  # [c]
             logits = buffer[:h.shape[0]]
-            if weight.dtype == torch.float32:
-                if bias is not None:
-                    torch.addmm(bias, h, weight.t(), out=logits)
-                else:
-                    torch.mm(h, weight.t(), out=logits)
-            else:
-                logits.copy_(torch.addmm(bias, h, weight.t()) if bias is not None else h @ weight.t())
+            # fp32 weights project straight into the buffer; others in their dtype, then copied.
+            into = logits if weight.dtype == torch.float32 else None
+            projected = torch.addmm(bias, h, weight.t(), out=into) if bias is not None else torch.mm(h, weight.t(), out=into)
+            if into is None:
+                logits.copy_(projected)
+            valid = y != IGNORE_INDEX if masked else None
             target = y.clamp(min=0)[:, None]
             picked = logits.gather(1, target).squeeze(1)
             peak = logits.amax(dim=-1, keepdim=True)
@@ -81,14 +80,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
             probs = logits.sub_(peak).exp_()
             norm = probs.sum(dim=-1, keepdim=True)
             ce = peak.squeeze(1) + norm.log().squeeze(1) - picked
-            total += (ce * (y != IGNORE_INDEX)).sum() if masked else ce.sum()
+            total += (ce * valid).sum() if valid is not None else ce.sum()
             if grad_hidden is None and grad_weight is None and grad_bias is None:
                 continue
             # d(sum ce)/d logits = softmax - onehot(target), zero on ignored rows.
             grad = probs.mul_(norm.reciprocal_())
             grad.scatter_add_(1, target, torch.full_like(target, -1.0, dtype=grad.dtype))
-            if masked:
-                grad.mul_((y != IGNORE_INDEX)[:, None])
+            if valid is not None:
+                grad.mul_(valid[:, None])
             grad = grad.to(weight.dtype)
             if grad_hidden is not None:
                 torch.mm(grad, weight, out=grad_hidden[start:start + chunk])
